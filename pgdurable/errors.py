@@ -1,7 +1,7 @@
 """The pgdurable exception tree; nothing else lives here.
 
-    PgdurableError
-     └── GraphError (also a ValueError)   an invalid workflow graph; `.path` names the node
+PgdurableError
+ └── GraphError (also a ValueError)   an invalid workflow graph; `.path` names the node
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ def as_node(value: object, *, where: str) -> Node:
     if IDENTIFIER.fullmatch(word) and word.upper() not in ONE_WORD_STATEMENTS:
         raise GraphError(
             f"'{word}' is a bare name, not a SQL statement: Python reads `a | \"{word}\" >> b` as "
-            f"`a | (\"{word}\" >> b)` because >> binds tighter than |; "
-            f"write `(a | \"{word}\") >> b` to name a's result",
+            f'`a | ("{word}" >> b)` because >> binds tighter than |; '
+            f'write `(a | "{word}") >> b` to name a\'s result',
             path=where,
         )
     return Step(value)

@@ -38,7 +38,18 @@ from pgdurable.errors import GraphError
 __all__ = ["NODE_TYPES", "from_json", "node_type", "to_json"]
 
 NODE_TYPES: Final = (
-    "SQL", "THEN", "IF", "JOIN", "LOOP", "BREAK", "RACE", "SLEEP", "WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"
+    "SQL",
+    "THEN",
+    "IF",
+    "JOIN",
+    "LOOP",
+    "BREAK",
+    "RACE",
+    "SLEEP",
+    "WAIT_SCHEDULE",
+    "HTTP",
+    "HTTP_MULTIPART",
+    "SIGNAL",
 )
 _KEYS: Final = frozenset(
     {"node_type", "left_node", "right_node", "condition_node", "extra_nodes", "query", "result_name"}
@@ -91,7 +102,10 @@ def to_json(node: Node) -> str:
 
 
 def _encode(node: Node) -> str:
-    left = right = condition = query = None
+    left: Node | None = None
+    right: Node | None = None
+    condition: Node | None = None
+    query: str | None = None
     extras: tuple[Node, ...] = ()
     match node:
         case Step(query=sql):
@@ -287,7 +301,7 @@ def _leaf(kind: str, query: str) -> Node:
     check_text(query, "query")
     if kind == "SLEEP":
         if not (query.isascii() and query.isdigit()):
-            raise GraphError("invalid SLEEP config: expected a whole number of seconds, such as \"60\"")
+            raise GraphError('invalid SLEEP config: expected a whole number of seconds, such as "60"')
         return Sleep(int(query))
     if kind == "BREAK":
         value = _config(kind, query, {"break_value"})["break_value"]

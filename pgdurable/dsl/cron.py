@@ -19,8 +19,9 @@ class _Field(NamedTuple):
     names: dict[str, int]
 
 
-_MONTHS: Final = {m: i + 1 for i, m in enumerate(
-    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])}
+_MONTHS: Final = {
+    m: i + 1 for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])
+}
 _DAYS: Final = {d: i for i, d in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
 
 _FIELDS: Final = (
@@ -50,10 +51,8 @@ def check_cron(expr: str) -> None:
     """
     fields = [field for field in _SPACE.split(expr) if field]
     if len(fields) != len(_FIELDS):
-        raise CronError(
-            f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
-        )
-    for text, field in zip(fields, _FIELDS):
+        raise CronError(f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}")
+    for text, field in zip(fields, _FIELDS, strict=True):
         for item in text.split(","):
             _check_item(item, field)
 

@@ -8,8 +8,8 @@ are never mutated, and `node | "name"` returns a renamed copy. Rendering lives i
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, Union, overload
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Literal, TypeVar, cast, overload
 
 import attrs
 from attrs import field, frozen
@@ -18,9 +18,6 @@ from typing_extensions import Self
 from pgdurable.dsl import _jsonb
 from pgdurable.dsl.cron import CronError, check_cron
 from pgdurable.errors import GraphError
-
-if TYPE_CHECKING:
-    from types import NotImplementedType
 
 __all__ = [
     "HTTP_METHODS",
@@ -120,13 +117,13 @@ class _Composable:
     def __rshift__(self, other: Node | str) -> Then:
         """`a >> b` is THEN: run a, then b.
 
-        >>> (Step("SELECT 1") >> "SELECT 2").to_json()
-        '{"node_type":"THEN","left_node":{"node_type":"SQL","query":"SELECT 1"},"right_node":{"node_type":"SQL","query":"SELECT 2"}}'
+        >>> (Step("SELECT 1") >> "SELECT 2").right
+        Step(query='SELECT 2', result_name=None)
         """
-        return _combine(">>", self, other)  # type: ignore[return-value]
+        return cast(Then, _combine(">>", self, other))
 
     def __rrshift__(self, other: str) -> Then:
-        return _combine(">>", other, self)  # type: ignore[return-value]
+        return cast(Then, _combine(">>", other, self))
 
     def __and__(self, other: Node | str) -> Parallel:
         """`a & b` is JOIN: run both, wait for both. `a & b & c` nests, as `'a' & 'b' & 'c'` does in SQL.
@@ -134,10 +131,10 @@ class _Composable:
         >>> (Step("SELECT 1") & "SELECT 2").branches
         (Step(query='SELECT 1', result_name=None), Step(query='SELECT 2', result_name=None))
         """
-        return _combine("&", self, other)  # type: ignore[return-value]
+        return cast(Parallel, _combine("&", self, other))
 
     def __rand__(self, other: str) -> Parallel:
-        return _combine("&", other, self)  # type: ignore[return-value]
+        return cast(Parallel, _combine("&", other, self))
 
     @overload
     def __or__(self, other: str) -> Self: ...
@@ -154,37 +151,36 @@ class _Composable:
         return _combine("|", self, other)
 
     def __ror__(self, other: str) -> Race:
-        return _combine("|", other, self)  # type: ignore[return-value]
+        return cast(Race, _combine("|", other, self))
 
     def __bool__(self) -> bool:
-        raise TypeError(
-            "a workflow node has no truth value: compose nodes with >>, & and |, not with and/or/not"
-        )
+        raise TypeError("a workflow node has no truth value: compose nodes with >>, & and |, not with and/or/not")
 
     # One-line delegations to the rendering functions (imported lazily: they import this module).
     def to_json(self) -> str:
         """The canonical graph JSON, byte-identical to what the SQL builders return."""
         from pgdurable.dsl.codec import to_json
 
-        return to_json(self)  # type: ignore[arg-type]
+        return to_json(cast("Node", self))
 
     def to_sql(self) -> str:
         """SQL DSL text (builder calls and operators) that builds this same graph when PostgreSQL evaluates it."""
         from pgdurable.dsl.sqltext import to_sql
 
-        return to_sql(self)  # type: ignore[arg-type]
+        return to_sql(cast("Node", self))
 
     def explain(self) -> str:
         """The dry-run text tree, exactly as `df.explain` prints it."""
         from pgdurable.dsl.explain import explain
 
-        return explain(self)  # type: ignore[arg-type]
+        return explain(cast("Node", self))
 
 
 _OPERATOR_NAMES: Final = {">>": "THEN (>>)", "&": "JOIN (&)", "|": "RACE (|)"}
 
 
-def _combine(op: Literal[">>", "&", "|"], left: object, right: object) -> Node | NotImplementedType:
+def _combine(op: Literal[">>", "&", "|"], left: object, right: object) -> Any:
+    """Build the node for `left op right`, or `NotImplemented` so that Python raises its usual TypeError."""
     from pgdurable.dsl._coerce import as_node
 
     if not isinstance(left, (str, *NODE_CLASSES)) or not isinstance(right, (str, *NODE_CLASSES)):
@@ -226,6 +222,10 @@ class Then(_Composable):
     result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
 
 
+def _as_tuple(branches: Iterable[Node]) -> tuple[Node, ...]:
+    return tuple(branches)
+
+
 def _branches(_: object, __: attrs.Attribute[Any], value: tuple[Node, ...]) -> None:
     if len(value) < 2:
         raise GraphError(f"a JOIN needs at least 2 branches, got {len(value)}")
@@ -238,7 +238,7 @@ def _branches(_: object, __: attrs.Attribute[Any], value: tuple[Node, ...]) -> N
 class Parallel(_Composable):
     """Run every branch concurrently and wait for all (node type JOIN); the result is their array."""
 
-    branches: tuple[Node, ...] = field(converter=tuple, validator=_branches)
+    branches: tuple[Node, ...] = field(converter=_as_tuple, validator=_branches)
     result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
 
 
@@ -355,6 +355,14 @@ def _headers_text(builder: str, headers: Mapping[str, str] | str | None) -> str 
     return _jsonb.render(headers)
 
 
+def _http_headers(headers: Mapping[str, str] | str | None) -> str | None:
+    return _headers_text("df.http", headers)
+
+
+def _multipart_headers(headers: Mapping[str, str] | str | None) -> str | None:
+    return _headers_text("df.http_multipart", headers)
+
+
 def _parts_text(parts: Sequence[Mapping[str, Any]] | str) -> str:
     if isinstance(parts, str):
         parts = _jsonb.parse(parts, "df.http_multipart: parts")
@@ -388,7 +396,7 @@ class Http(_Composable):
     url: str
     method: str = field(default="POST", converter=_upper)
     body: str | None = field(default=None, validator=_optional_text)
-    headers: str | None = field(default=None, converter=lambda h: _headers_text("df.http", h))
+    headers: str | None = field(default=None, converter=_http_headers)
     timeout_seconds: int = 30
     result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
 
@@ -403,7 +411,7 @@ class HttpMultipart(_Composable):
     url: str
     method: str = field(default="POST", converter=_upper)
     parts: str = field(default="", converter=_parts_text)
-    headers: str | None = field(default=None, converter=lambda h: _headers_text("df.http_multipart", h))
+    headers: str | None = field(default=None, converter=_multipart_headers)
     timeout_seconds: int = 30
     result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
 
@@ -413,19 +421,30 @@ class HttpMultipart(_Composable):
         _check_http("df.http_multipart", self.url, self.method, self.timeout_seconds, MULTIPART_METHODS)
 
 
-Node = Union[
-    Step, Then, Parallel, Race, If, Loop, Break, Sleep, WaitForSchedule, WaitForSignal, Http, HttpMultipart
-]
+Node = (
+    Step | Then | Parallel | Race | If | Loop | Break | Sleep | WaitForSchedule | WaitForSignal | Http | HttpMultipart
+)
 """Any workflow node."""
 
 NODE_CLASSES: Final = (
-    Step, Then, Parallel, Race, If, Loop, Break, Sleep, WaitForSchedule, WaitForSignal, Http, HttpMultipart
+    Step,
+    Then,
+    Parallel,
+    Race,
+    If,
+    Loop,
+    Break,
+    Sleep,
+    WaitForSchedule,
+    WaitForSignal,
+    Http,
+    HttpMultipart,
 )
 
 N = TypeVar("N", bound=Node)
 
 
-def Bind(node: N, name: str) -> N:  # noqa: N802 - the design card's spelled-out name for `node | "name"`
+def Bind(node: N, name: str) -> N:
     """Name `node`'s result: the same node with `result_name` set (not a wrapper), like `node | name`.
 
     >>> Bind(Step("SELECT 1"), "one") == (Step("SELECT 1") | "one")
