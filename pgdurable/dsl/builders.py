@@ -90,12 +90,18 @@ def join(*branches: Operand) -> Parallel:
 
 
 def join3(a: Operand, b: Operand, c: Operand) -> Parallel:
-    """Three branches, like `df.join3(a, b, c)`: the third is carried in `extra_nodes`."""
+    """Three branches, like `df.join3(a, b, c)`: the third is carried in `extra_nodes`.
+
+    >>> join3("SELECT 1", "SELECT 2", "SELECT 3") == join("SELECT 1", "SELECT 2", "SELECT 3")
+    True"""
     return join(a, b, c)
 
 
 def race(a: Operand, b: Operand) -> Race:
-    """The first branch to finish decides, like `df.race(a, b)` or `a | b`."""
+    """The first branch to finish decides, like `df.race(a, b)` or `a | b`.
+
+    >>> race("SELECT pg_sleep(5)", sleep(2)) == ("SELECT pg_sleep(5)" | sleep(2))
+    True"""
     return Race(as_node(a, where="race branch 1"), as_node(b, where="race branch 2"))
 
 
@@ -113,7 +119,10 @@ def if_(condition: Operand, then_branch: Operand, else_branch: Operand) -> If:
 
 
 def if_rows(result_name: str, then_branch: Operand, else_branch: Operand) -> If:
-    """Branch on whether the named earlier result has rows, like `df.if_rows(result_name, ...)`."""
+    """Branch on whether the named earlier result has rows, like `df.if_rows(result_name, ...)`.
+
+    >>> if_rows("doc", "SELECT $doc.id", "SELECT 0").if_rows
+    'doc'"""
     return If(
         None,
         as_node(then_branch, where="if_rows then_branch"),
@@ -123,7 +132,10 @@ def if_rows(result_name: str, then_branch: Operand, else_branch: Operand) -> If:
 
 
 def loop(body: Operand, condition: Operand | None = None) -> Loop:
-    """Repeat `body` until a `break_()`; with `condition`, a do-while loop, like `df.loop(body, condition)`."""
+    """Repeat `body` until a `break_()`; with `condition`, a do-while loop, like `df.loop(body, condition)`.
+
+    >>> loop("SELECT step()", "SELECT count(*) > 0 FROM q").condition
+    Step(query='SELECT count(*) > 0 FROM q', result_name=None)"""
     return Loop(
         as_node(body, where="loop body"),
         None if condition is None else as_node(condition, where="loop condition"),
@@ -131,22 +143,34 @@ def loop(body: Operand, condition: Operand | None = None) -> Loop:
 
 
 def break_(value: str | None = None) -> Break:
-    """Leave the nearest loop with `value`, like `df.break(value)`. The value is literal text, never SQL."""
+    """Leave the nearest loop with `value`, like `df.break(value)`. The value is literal text, never SQL.
+
+    >>> break_('{"done": true}').value
+    '{"done": true}'
     return Break(value)
 
 
 def sleep(seconds: int) -> Sleep:
-    """A durable timer, like `df.sleep(seconds)`."""
+    """A durable timer, like `df.sleep(seconds)`.
+
+    >>> sleep(60).to_json()
+    '{"node_type":"SLEEP","query":"60"}'"""
     return Sleep(seconds)
 
 
 def wait_for_schedule(cron_expr: str) -> WaitForSchedule:
-    """Wait for the next match of a 5-field cron expression (UTC), like `df.wait_for_schedule(cron_expr)`."""
+    """Wait for the next match of a 5-field cron expression (UTC), like `df.wait_for_schedule(cron_expr)`.
+
+    >>> wait_for_schedule("*/5 * * * *").cron_expr
+    '*/5 * * * *'"""
     return WaitForSchedule(cron_expr)
 
 
 def wait_for_signal(name: str, timeout_seconds: int | None = None) -> WaitForSignal:
-    """Wait for `df.signal(id, name, data)`, like `df.wait_for_signal(name, timeout_seconds)`."""
+    """Wait for `df.signal(id, name, data)`, like `df.wait_for_signal(name, timeout_seconds)`.
+
+    >>> wait_for_signal("approval", 3600) | "sig"
+    WaitForSignal(signal_name='approval', timeout_seconds=3600, result_name='sig')"""
     return WaitForSignal(name, timeout_seconds)
 
 
@@ -172,7 +196,10 @@ def http_multipart(
     headers: Mapping[str, str] | None = None,
     timeout_seconds: int = 30,
 ) -> HttpMultipart:
-    """A multipart/form-data request, like `df.http_multipart(url, method, parts, headers, timeout_seconds)`."""
+    """A multipart/form-data request, like `df.http_multipart(url, method, parts, headers, timeout_seconds)`.
+
+    >>> http_multipart("https://e.com/u", parts=[{"name": "f", "data_b64": "aGk="}]).parts
+    '[{"name":"f","data_b64":"aGk="}]'"""
     if parts is None:
         raise GraphError("df.http_multipart: parts must be a non-empty JSON array")
     return HttpMultipart(url, method, parts, headers, timeout_seconds)
