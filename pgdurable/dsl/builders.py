@@ -93,7 +93,8 @@ def join3(a: Operand, b: Operand, c: Operand) -> Parallel:
     """Three branches, like `df.join3(a, b, c)`: the third is carried in `extra_nodes`.
 
     >>> join3("SELECT 1", "SELECT 2", "SELECT 3") == join("SELECT 1", "SELECT 2", "SELECT 3")
-    True"""
+    True
+    """
     return join(a, b, c)
 
 
@@ -101,7 +102,8 @@ def race(a: Operand, b: Operand) -> Race:
     """The first branch to finish decides, like `df.race(a, b)` or `a | b`.
 
     >>> race("SELECT pg_sleep(5)", sleep(2)) == ("SELECT pg_sleep(5)" | sleep(2))
-    True"""
+    True
+    """
     return Race(as_node(a, where="race branch 1"), as_node(b, where="race branch 2"))
 
 
@@ -122,7 +124,8 @@ def if_rows(result_name: str, then_branch: Operand, else_branch: Operand) -> If:
     """Branch on whether the named earlier result has rows, like `df.if_rows(result_name, ...)`.
 
     >>> if_rows("doc", "SELECT $doc.id", "SELECT 0").if_rows
-    'doc'"""
+    'doc'
+    """
     return If(
         None,
         as_node(then_branch, where="if_rows then_branch"),
@@ -135,7 +138,8 @@ def loop(body: Operand, condition: Operand | None = None) -> Loop:
     """Repeat `body` until a `break_()`; with `condition`, a do-while loop, like `df.loop(body, condition)`.
 
     >>> loop("SELECT step()", "SELECT count(*) > 0 FROM q").condition
-    Step(query='SELECT count(*) > 0 FROM q', result_name=None)"""
+    Step(query='SELECT count(*) > 0 FROM q', result_name=None)
+    """
     return Loop(
         as_node(body, where="loop body"),
         None if condition is None else as_node(condition, where="loop condition"),
@@ -147,6 +151,7 @@ def break_(value: str | None = None) -> Break:
 
     >>> break_('{"done": true}').value
     '{"done": true}'
+    """
     return Break(value)
 
 
@@ -154,7 +159,8 @@ def sleep(seconds: int) -> Sleep:
     """A durable timer, like `df.sleep(seconds)`.
 
     >>> sleep(60).to_json()
-    '{"node_type":"SLEEP","query":"60"}'"""
+    '{"node_type":"SLEEP","query":"60"}'
+    """
     return Sleep(seconds)
 
 
@@ -162,7 +168,8 @@ def wait_for_schedule(cron_expr: str) -> WaitForSchedule:
     """Wait for the next match of a 5-field cron expression (UTC), like `df.wait_for_schedule(cron_expr)`.
 
     >>> wait_for_schedule("*/5 * * * *").cron_expr
-    '*/5 * * * *'"""
+    '*/5 * * * *'
+    """
     return WaitForSchedule(cron_expr)
 
 
@@ -170,7 +177,8 @@ def wait_for_signal(name: str, timeout_seconds: int | None = None) -> WaitForSig
     """Wait for `df.signal(id, name, data)`, like `df.wait_for_signal(name, timeout_seconds)`.
 
     >>> wait_for_signal("approval", 3600) | "sig"
-    WaitForSignal(signal_name='approval', timeout_seconds=3600, result_name='sig')"""
+    WaitForSignal(signal_name='approval', timeout_seconds=3600, result_name='sig')
+    """
     return WaitForSignal(name, timeout_seconds)
 
 
@@ -199,7 +207,8 @@ def http_multipart(
     """A multipart/form-data request, like `df.http_multipart(url, method, parts, headers, timeout_seconds)`.
 
     >>> http_multipart("https://e.com/u", parts=[{"name": "f", "data_b64": "aGk="}]).parts
-    '[{"name":"f","data_b64":"aGk="}]'"""
+    '[{"name":"f","data_b64":"aGk="}]'
+    """
     if parts is None:
         raise GraphError("df.http_multipart: parts must be a non-empty JSON array")
     return HttpMultipart(url, method, parts, headers, timeout_seconds)
