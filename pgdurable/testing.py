@@ -48,7 +48,7 @@ TEST_DOCKER_ENV: Final = "PGDURABLE_TEST_DOCKER"
 TEST_IMAGE_ENV: Final = "PGDURABLE_TEST_IMAGE"
 """The container image for testcontainers (default `DEFAULT_IMAGE`)."""
 TEST_HOME_ENV: Final = "PGDURABLE_TEST_HOME"
-"""The embedded test server's home (default `<tempdir>/pgdurable-test-<uid>`)."""
+"""The embedded test server's home (default `<tempdir>/pgdurable-test-<uid>`); its cluster runs with fsync off."""
 DEFAULT_IMAGE: Final = "pgvector/pgvector:pg18"
 """PostgreSQL 18 with pgvector, like the embedded server (the plain ``postgres:18`` lacks pgvector)."""
 
