@@ -1,0 +1,440 @@
+"""Every SQL statement the runtime issues, and typed functions that run them on a given connection.
+
+The store is dumb and complete: it never commits, sleeps, retries or swallows errors; the worker decides
+transactions. Statements address df objects by schema-qualified names, so a step's `search_path` cannot
+redirect them. The store owns the channel names and the shape of the work-item rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+import psycopg
+from attrs import frozen
+from psycopg import sql
+
+from pgdurable.runtime.engine import NodeUpdate
+
+__all__ = [
+    "DONE_CHANNEL",
+    "WORK_CHANNEL",
+    "Claim",
+    "InboxItem",
+    "InstanceRow",
+    "Locked",
+    "NewTask",
+    "Runner",
+    "Write",
+    "claim",
+    "delete_inbox",
+    "extend_leases",
+    "fence",
+    "find_runner",
+    "heartbeat",
+    "load_instance",
+    "lock_instance",
+    "next_wake",
+    "node_rows",
+    "read_history",
+    "read_inbox",
+    "register_worker",
+    "release",
+    "run_step",
+    "tasks_of",
+    "unregister_worker",
+    "write",
+]
+
+Conn = psycopg.Connection[Any]
+
+WORK_CHANNEL: Final = "df_work"
+DONE_CHANNEL: Final = "df_done"
+
+
+@frozen
+class Claim:
+    instance_id: str
+    frame: str
+    kind: str
+    lease_gen: int
+
+
+@frozen
+class InstanceRow:
+    id: str
+    label: str | None
+    graph: str
+    root_node: str
+    submitted_by: str
+    submitter_oid: int
+    database: str | None
+    vars: dict[str, str]
+
+
+@frozen
+class Locked:
+    """An instance row locked for a transition."""
+
+    checkpoint: dict[str, Any] | None
+    state_version: int
+    status: str
+    now: datetime
+
+
+@frozen
+class InboxItem:
+    """A signal (`name`, `payload`) or a cancel request (`reason`), in arrival order."""
+
+    table: str
+    id: int
+    name: str | None
+    payload: str | None
+    reason: str | None
+
+
+@frozen
+class NewTask:
+    frame: str
+    kind: str
+    wake_at: datetime | None  # None: due now
+    leased: bool  # claimed by the writing worker, which continues with it at once
+
+
+@frozen
+class Runner:
+    """A role's step runner, checked: owned by the role and SECURITY DEFINER."""
+
+    role_oid: int
+    name: str
+
+
+@frozen
+class Write:
+    """Everything one transition writes, in one round trip."""
+
+    instance_id: str
+    events: Sequence[tuple[int, str]]  # (seq, event JSON); the last seq becomes state_version
+    checkpoint: str
+    status: str
+    output: str | None
+    execution_count: int
+    waiting_for: str | None
+    node_updates: Sequence[tuple[str, NodeUpdate]]  # (node id, update), in order
+    finished: Sequence[str]
+    started: Sequence[NewTask]
+
+
+# -- workers ---------------------------------------------------------------------------------------------
+
+_REGISTER: Final = """
+INSERT INTO df.workers (id, hostname, pid, schema_version) VALUES (%(id)s, %(hostname)s, %(pid)s, %(version)s)
+"""
+_HEARTBEAT: Final = "UPDATE df.workers SET last_seen_at = now() WHERE id = %(id)s"
+_UNREGISTER: Final = "DELETE FROM df.workers WHERE id = %(id)s"
+
+
+def register_worker(conn: Conn, *, worker_id: UUID, hostname: str, pid: int, schema_version: int) -> None:
+    conn.execute(_REGISTER, {"id": worker_id, "hostname": hostname, "pid": pid, "version": schema_version})
+
+
+def heartbeat(conn: Conn, *, worker_id: UUID) -> None:
+    conn.execute(_HEARTBEAT, {"id": worker_id})
+
+
+def unregister_worker(conn: Conn, *, worker_id: UUID) -> None:
+    conn.execute(_UNREGISTER, {"id": worker_id})
+
+
+# -- claims and leases -----------------------------------------------------------------------------------
+
+_CLAIM: Final = """
+WITH due AS (
+    SELECT t.instance_id, t.frame FROM df.tasks t
+     WHERE t.wake_at <= now() AND (t.lease_expires IS NULL OR t.lease_expires < now())
+     ORDER BY t.wake_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE df.tasks t
+   SET lease_owner = %(worker)s, lease_expires = now() + %(lease)s * interval '1 second',
+       lease_gen = t.lease_gen + 1, claims = t.claims + 1, backend_pid = pg_backend_pid()
+  FROM due
+ WHERE t.instance_id = due.instance_id AND t.frame = due.frame
+RETURNING t.instance_id, t.frame, t.kind, t.lease_gen
+"""
+
+_EXTEND: Final = """
+UPDATE df.tasks SET lease_expires = now() + %(lease)s * interval '1 second'
+ WHERE lease_owner = %(worker)s AND (instance_id, frame) IN (SELECT * FROM unnest(%(ids)s::text[], %(frames)s::text[]))
+"""
+
+_FENCE: Final = """
+UPDATE df.tasks SET backend_pid = NULL
+ WHERE instance_id = %(instance)s AND frame = %(frame)s AND lease_gen = %(gen)s AND lease_owner = %(worker)s
+"""
+
+_RELEASE: Final = """
+UPDATE df.tasks SET lease_owner = NULL, lease_expires = NULL, wake_at = %(wake_at)s
+ WHERE instance_id = %(instance)s AND frame = %(frame)s AND lease_gen = %(gen)s
+"""
+
+_NEXT_WAKE: Final = "SELECT min(wake_at) FROM df.tasks WHERE lease_expires IS NULL OR lease_expires < now()"
+
+
+def claim(conn: Conn, *, worker_id: UUID, limit: int, lease_seconds: float) -> list[Claim]:
+    """Lease up to `limit` due work items (skipping those other workers hold)."""
+    rows = conn.execute(_CLAIM, {"worker": worker_id, "limit": limit, "lease": lease_seconds}).fetchall()
+    return [Claim(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def extend_leases(conn: Conn, *, worker_id: UUID, tasks: Sequence[Claim], lease_seconds: float) -> None:
+    conn.execute(
+        _EXTEND,
+        {
+            "worker": worker_id,
+            "lease": lease_seconds,
+            "ids": [t.instance_id for t in tasks],
+            "frames": [t.frame for t in tasks],
+        },
+    )
+
+
+def fence(conn: Conn, *, task: Claim, worker_id: UUID) -> bool:
+    """Lock the work item if this worker's lease on it is still current; False means the lease was lost."""
+    cursor = conn.execute(
+        _FENCE, {"instance": task.instance_id, "frame": task.frame, "gen": task.lease_gen, "worker": worker_id}
+    )
+    return cursor.rowcount == 1
+
+
+def release(conn: Conn, *, task: Claim, wake_at: datetime | None) -> None:
+    """Give a work item back (to run again at `wake_at`, or now)."""
+    conn.execute(
+        _RELEASE,
+        {"instance": task.instance_id, "frame": task.frame, "gen": task.lease_gen, "wake_at": wake_at or "now"},
+    )
+
+
+def next_wake(conn: Conn) -> datetime | None:
+    row = conn.execute(_NEXT_WAKE).fetchone()
+    return row[0] if row else None
+
+
+def tasks_of(conn: Conn, *, instance_id: str) -> list[tuple[str, str, int | None]]:
+    """(frame, kind, backend pid) of an instance's work items."""
+    rows = conn.execute(
+        "SELECT frame, kind, backend_pid FROM df.tasks WHERE instance_id = %(instance)s", {"instance": instance_id}
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+# -- instances -------------------------------------------------------------------------------------------
+
+_LOAD: Final = """
+SELECT i.id, i.label, i.graph, i.root_node, i.submitted_by::text, i.submitted_by::oid, i.database, i.vars
+  FROM df.instances i WHERE i.id = %(instance)s
+"""
+_NODES: Final = """
+SELECT n.id, n.node_type, n.query, n.left_node, n.right_node FROM df.nodes n WHERE n.instance_id = %(instance)s
+"""
+_LOCK: Final = """
+SELECT i.checkpoint, i.state_version, i.status, clock_timestamp() FROM df.instances i
+ WHERE i.id = %(instance)s FOR UPDATE
+"""
+
+
+def load_instance(conn: Conn, *, instance_id: str) -> InstanceRow | None:
+    row = conn.execute(_LOAD, {"instance": instance_id}).fetchone()
+    if row is None:
+        return None
+    return InstanceRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], {k: str(v) for k, v in row[7].items()})
+
+
+def node_rows(conn: Conn, *, instance_id: str) -> list[tuple[str, str, str | None, str | None, str | None]]:
+    """(id, node_type, query, left_node, right_node) of every node of an instance."""
+    return [tuple(r) for r in conn.execute(_NODES, {"instance": instance_id}).fetchall()]  # type: ignore[misc]
+
+
+def lock_instance(conn: Conn, *, instance_id: str) -> Locked | None:
+    row = conn.execute(_LOCK, {"instance": instance_id}).fetchone()
+    if row is None:
+        return None
+    return Locked(row[0], row[1], row[2], row[3])
+
+
+# -- steps -----------------------------------------------------------------------------------------------
+
+_FIND_RUNNER: Final = """
+SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'df_exec' AND p.proname = 'run_' || %(role)s::oid::text
+   AND p.proowner = %(role)s::oid AND p.prosecdef
+   AND p.proargtypes = '25 20'::pg_catalog.oidvector
+"""
+
+
+def find_runner(conn: Conn, *, role_oid: int) -> Runner | None:
+    """The role's runner, only if it is owned by the role and SECURITY DEFINER."""
+    row = conn.execute(_FIND_RUNNER, {"role": role_oid}).fetchone()
+    return Runner(role_oid, row[0]) if row else None
+
+
+def run_step(conn: Conn, *, runner: Runner, query: str, max_bytes: int) -> str:
+    """Run one SQL step through its submitter's runner; the raw rows JSON (see runtime.results)."""
+    statement = sql.SQL("SELECT df_exec.{}(%(query)s, %(max)s)").format(sql.Identifier(runner.name))
+    row = conn.execute(statement, {"query": query, "max": max_bytes}).fetchone()
+    return str(row[0]) if row else '{"types":null,"rows":[]}'
+
+
+# -- inbox -----------------------------------------------------------------------------------------------
+
+_INBOX: Final = """
+SELECT 'signals', s.id, s.signal_name, s.payload::text, NULL, s.created_at FROM df.signals s
+ WHERE s.instance_id = %(instance)s
+UNION ALL
+SELECT 'cancel_requests', c.id, NULL, NULL, c.reason, c.requested_at FROM df.cancel_requests c
+ WHERE c.instance_id = %(instance)s
+ ORDER BY 6, 2
+"""
+
+
+def read_inbox(conn: Conn, *, instance_id: str) -> list[InboxItem]:
+    rows = conn.execute(_INBOX, {"instance": instance_id}).fetchall()
+    return [InboxItem(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def delete_inbox(conn: Conn, *, items: Iterable[InboxItem]) -> None:
+    signals = [i.id for i in items if i.table == "signals"]
+    cancels = [i.id for i in items if i.table == "cancel_requests"]
+    if signals:
+        conn.execute("DELETE FROM df.signals WHERE id = ANY(%(ids)s)", {"ids": signals})
+    if cancels:
+        conn.execute("DELETE FROM df.cancel_requests WHERE id = ANY(%(ids)s)", {"ids": cancels})
+
+
+# -- transitions -----------------------------------------------------------------------------------------
+
+_HISTORY: Final = "INSERT INTO df.history (instance_id, seq, event) VALUES (%(instance)s, %(seq)s, %(event)s)"
+_INSTANCE: Final = """
+UPDATE df.instances
+   SET checkpoint = %(checkpoint)s::jsonb, state_version = %(seq)s, status = %(status)s, output = %(output)s,
+       execution_count = %(executions)s, waiting_for = %(waiting)s, updated_at = now(),
+       completed_at = CASE WHEN %(status)s = 'completed' THEN now() END
+ WHERE id = %(instance)s
+"""
+_NODE_UPDATES: Final = """
+UPDATE df.nodes n
+   SET status = u.status,
+       result = CASE WHEN u.status IN ('completed', 'failed') THEN u.result::jsonb END,
+       status_details = jsonb_build_object('execution_id', u.stamp),
+       updated_at = now()
+  FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(stamps)s::text[])
+       AS u(id, status, result, stamp)
+ WHERE n.instance_id = %(instance)s AND n.id = u.id
+"""
+_DELETE_TASKS: Final = "DELETE FROM df.tasks WHERE instance_id = %(instance)s AND frame = ANY(%(frames)s)"
+_INSERT_TASKS: Final = """
+INSERT INTO df.tasks (instance_id, frame, kind, wake_at, lease_owner, lease_expires, lease_gen, backend_pid)
+SELECT %(instance)s, t.frame, t.kind, coalesce(t.wake_at, now()),
+       CASE WHEN t.leased THEN %(worker)s::uuid END,
+       CASE WHEN t.leased THEN now() + %(lease)s * interval '1 second' END,
+       CASE WHEN t.leased THEN 1 ELSE 0 END,
+       CASE WHEN t.leased THEN pg_backend_pid() END
+  FROM unnest(%(frames)s::text[], %(kinds)s::text[], %(wakes)s::timestamptz[], %(leased)s::boolean[])
+       AS t(frame, kind, wake_at, leased)
+ON CONFLICT (instance_id, frame) DO UPDATE
+   SET kind = EXCLUDED.kind, wake_at = EXCLUDED.wake_at, lease_owner = EXCLUDED.lease_owner,
+       lease_expires = EXCLUDED.lease_expires, lease_gen = df.tasks.lease_gen + 1,
+       backend_pid = EXCLUDED.backend_pid
+RETURNING frame, lease_gen, lease_owner IS NOT NULL
+"""
+_NOTIFY: Final = "SELECT pg_notify(%(channel)s, %(payload)s)"
+
+
+def write(conn: Conn, *, transition: Write, worker_id: UUID, lease_seconds: float) -> dict[str, int]:
+    """Record a transition: history, checkpoint, node rows and work items. Returns the lease generation of
+    each work item it leased to `worker_id` (call inside a pipeline; reading the result syncs it)."""
+    t = transition
+    for seq, event in t.events:
+        conn.execute(_HISTORY, {"instance": t.instance_id, "seq": seq, "event": event})
+    conn.execute(
+        _INSTANCE,
+        {
+            "instance": t.instance_id,
+            "checkpoint": t.checkpoint,
+            "seq": t.events[-1][0],
+            "status": "running" if t.status == "running" else t.status,
+            "output": t.output,
+            "executions": t.execution_count,
+            "waiting": t.waiting_for,
+        },
+    )
+    if t.node_updates:
+        latest = dict(t.node_updates)  # a node may change twice in one transition: its last change wins
+        conn.execute(
+            _NODE_UPDATES,
+            {
+                "instance": t.instance_id,
+                "ids": list(latest),
+                "statuses": [u.status for u in latest.values()],
+                "results": [_stored_result(u) for u in latest.values()],
+                "stamps": [_stamp(t.instance_id, u) for u in latest.values()],
+            },
+        )
+    if t.finished:
+        conn.execute(_DELETE_TASKS, {"instance": t.instance_id, "frames": list(t.finished)})
+    if not t.started:
+        return {}
+    cursor = conn.execute(
+        _INSERT_TASKS,
+        {
+            "instance": t.instance_id,
+            "worker": worker_id,
+            "lease": lease_seconds,
+            "frames": [task.frame for task in t.started],
+            "kinds": [task.kind for task in t.started],
+            "wakes": [task.wake_at for task in t.started],
+            "leased": [task.leased for task in t.started],
+        },
+    )
+    return {frame: gen for frame, gen, leased in cursor.fetchall() if leased}
+
+
+def finish_tasks(conn: Conn, *, instance_id: str, frames: Sequence[str]) -> None:
+    conn.execute(_DELETE_TASKS, {"instance": instance_id, "frames": list(frames)})
+
+
+def read_checkpoint(conn: Conn, *, instance_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT checkpoint FROM df.instances WHERE id = %(instance)s", {"instance": instance_id}).fetchone()
+    return row[0] if row else None
+
+
+def notify(conn: Conn, *, channel: str, payload: str) -> None:
+    conn.execute(_NOTIFY, {"channel": channel, "payload": payload})
+
+
+def read_history(conn: Conn, *, instance_id: str) -> list[tuple[int, str, int]]:
+    """(seq, event JSON, transaction id) of an instance's history, in order."""
+    rows = conn.execute(
+        "SELECT seq, event, xid::text::bigint FROM df.history WHERE instance_id = %(instance)s ORDER BY seq",
+        {"instance": instance_id},
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _stored_result(update: NodeUpdate) -> str | None:
+    """df.nodes.result is jsonb: a result as is; an error as a JSON string unless it parses as JSON."""
+    if update.result is None or update.status == "completed":
+        return update.result
+    try:
+        json.loads(update.result)
+    except ValueError:
+        return json.dumps(update.result, ensure_ascii=False)
+    return update.result
+
+
+def _stamp(instance_id: str, update: NodeUpdate) -> str:
+    return f"{instance_id}::{'.'.join(map(str, update.iterations)) or '1'}"

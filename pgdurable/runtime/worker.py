@@ -1,0 +1,481 @@
+"""The worker: claims work items, runs steps, and records each transition in one transaction.
+
+It owns the effects — connections, transactions, leases and fences, LISTEN/NOTIFY with a polling fallback,
+the replay cache and shutdown — and no workflow semantics: those live in `engine`, and every SQL statement
+lives in `store`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import psycopg
+from attrs import frozen
+from psycopg import errors as pg_errors
+
+from pgdurable.dsl.codec import from_json
+from pgdurable.dsl.nodes import Node
+from pgdurable.runtime import store
+from pgdurable.runtime.engine import Transition, begin, decide, step
+from pgdurable.runtime.events import (
+    CancelRequested,
+    Event,
+    SignalArrived,
+    Started,
+    StepFailed,
+    StepSucceeded,
+    TimerFired,
+    event_to_json,
+)
+from pgdurable.runtime.executors.sql import SqlExecutor, StepError
+from pgdurable.runtime.failpoints import failpoint
+from pgdurable.runtime.state import Leaf, LoopFrame, State
+from pgdurable.sql.migrate import check_version
+
+__all__ = ["Worker", "WorkerConfig"]
+
+log = logging.getLogger("pgdurable.worker")
+
+_SETTINGS: Final = "SELECT key, value FROM df.settings"
+
+
+@frozen
+class WorkerConfig:
+    """How a worker behaves. Test suites shorten `lease_seconds` and `poll_seconds`."""
+
+    concurrency: int = 4
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    max_result_bytes: int = 16 * 1024 * 1024
+    idle_in_transaction_timeout_ms: int = 60_000
+
+
+@frozen
+class _Context:
+    """What a worker keeps about an instance between steps: its snapshot and node ids by path."""
+
+    row: store.InstanceRow
+    graph: Node
+    node_ids: dict[str, str]
+
+
+class Worker:
+    """Runs workflow instances of one database. Use it as a context manager, or call `run()` to block.
+
+    >>> # with Worker(dsn): ...   # runs in background threads until the block ends
+    """
+
+    def __init__(self, dsn: str, *, config: WorkerConfig | None = None) -> None:
+        self.dsn = dsn
+        self.config = config or WorkerConfig()
+        self.id = uuid.uuid4()
+        self._stopping = threading.Event()
+        self._wake = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._contexts: dict[str, _Context] = {}
+        self._states: dict[str, State] = {}
+        self._cache_lock = threading.Lock()
+        self._settings: dict[str, Any] = {}
+        self._executor = SqlExecutor(dsn, max_result_bytes=self.config.max_result_bytes)
+        self.steps_run = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        with self._connect() as conn:
+            version = check_version(conn)
+            store.register_worker(
+                conn, worker_id=self.id, hostname=socket.gethostname(), pid=os.getpid(), schema_version=version
+            )
+            self._load_settings(conn)
+        self._spawn(self._listen, "pgdurable-listener")
+        for slot in range(self.config.concurrency):
+            self._spawn(self._slot, f"pgdurable-slot-{slot}")
+        log.info("worker %s started with %d slots", self.id, self.config.concurrency)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let the steps in flight finish (or roll back), and unregister."""
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads.clear()
+        try:
+            with self._connect() as conn:
+                store.unregister_worker(conn, worker_id=self.id)
+        except psycopg.Error:
+            log.warning("worker %s could not unregister", self.id)
+        self._executor.close()
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def run(self) -> None:
+        """Run until `stop()` is called (the command line wires SIGTERM to it)."""
+        self.start()
+        try:
+            while not self._stopping.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            self.dsn,
+            autocommit=True,
+            prepare_threshold=0,
+            application_name="pgdurable-worker",
+            options=f"-c idle_in_transaction_session_timeout={self.config.idle_in_transaction_timeout_ms}",
+        )
+
+    def _load_settings(self, conn: psycopg.Connection[Any]) -> None:
+        self._settings = {key: value for key, value in conn.execute(_SETTINGS).fetchall()}
+
+    # -- threads ---------------------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Wake the slots on NOTIFY, and at least every poll interval (timers, lost notifications)."""
+        while not self._stopping.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(f"LISTEN {store.WORK_CHANNEL}")
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=self.config.poll_seconds, stop_after=1):
+                            pass
+                        store.heartbeat(conn, worker_id=self.id)
+                        self._load_settings(conn)
+                        with self._wake:
+                            self._wake.notify_all()
+            except psycopg.OperationalError as error:
+                log.warning("listener lost its connection (%s); reconnecting", error)
+                self._stopping.wait(self.config.poll_seconds)
+
+    def _slot(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with self._connect() as conn:
+                    self._work(conn)
+            except psycopg.OperationalError as error:
+                log.warning("slot lost its connection (%s); reconnecting", error)
+                self._stopping.wait(self.config.poll_seconds)
+
+    def _work(self, conn: psycopg.Connection[Any]) -> None:
+        while not self._stopping.is_set():
+            claims = store.claim(conn, worker_id=self.id, limit=1, lease_seconds=self.config.lease_seconds)
+            if not claims:
+                with self._wake:
+                    self._wake.wait(self.config.poll_seconds)
+                continue
+            task: store.Claim | None = claims[0]
+            while task is not None and not self._stopping.is_set():
+                task = self._handle(conn, task)
+
+    # -- one work item ---------------------------------------------------------------------------------
+
+    def _handle(self, conn: psycopg.Connection[Any], task: store.Claim) -> store.Claim | None:
+        """Process a work item; returns the next one of the same instance to continue with, if any."""
+        context = self._context(conn, task.instance_id)
+        if context is None:
+            return None
+        if task.kind == "sql":
+            return self._run_sql(conn, task, context)
+        if task.kind in ("http", "http_multipart"):
+            return self._fail_http(conn, task, context)
+        if task.kind == "timer":
+            return self._transition(conn, task, context, lambda state, now: [TimerFired(now, task.frame)])
+        if task.kind == "inbox":
+            return self._transition(conn, task, context, self._inbox_events(conn, task))
+        return self._transition(conn, task, context, lambda state, now: [])  # 'start'
+
+    def _run_sql(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> store.Claim | None:
+        """The exactly-once lane: the step, its fence and its checkpoint commit together, or not at all."""
+        query = self._query(conn, task, context)
+        if query is None:
+            return self._drop(conn, task)
+        try:
+            if context.row.database is not None:
+                raise StepError("use the autocommit lane", needs_autocommit=True)
+            runner = self._executor.runner(conn, context.row)
+            with conn.transaction():
+                result = self._executor.run(conn, runner, query)
+                failpoint("after_runner")
+                if not store.fence(conn, task=task, worker_id=self.id):
+                    raise _LeaseLost
+                following = self._record(
+                    conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)]
+                )
+                failpoint("before_commit")
+            failpoint("after_commit_before_ack")
+            return following
+        except _LeaseLost:
+            return None
+        except StepError as error:
+            if error.needs_autocommit:
+                return self._run_autocommit(conn, task, context, query)
+            return self._fail(conn, task, context, error)
+
+    def _run_autocommit(
+        self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, query: str
+    ) -> store.Claim | None:
+        """The at-least-once lane: statements that cannot run in a transaction, and other databases."""
+        try:
+            result = self._executor.run_autocommit(context.row, query)
+        except StepError as error:
+            return self._fail(conn, task, context, error)
+        return self._transition(conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)])
+
+    def _fail(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, error: StepError) -> store.Claim | None:
+        event = lambda state, now: [StepFailed(now, task.frame, error.message, error.detail)]  # noqa: E731
+        return self._transition(conn, task, context, event)
+
+    def _query(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> str | None:
+        """The step's rendered SQL, from the cached state or else from the stored checkpoint."""
+        query = _payload(self._cached_state(task.instance_id), task.frame)
+        if query is None:
+            checkpoint = store.read_checkpoint(conn, instance_id=task.instance_id)
+            if checkpoint is not None:
+                query = _payload(State.from_checkpoint(context.graph, checkpoint), task.frame)
+        return query
+
+    def _fail_http(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> store.Claim | None:
+        if self._settings.get("http_enabled") is not True:
+            message = "outbound HTTP requests are disabled: set http_enabled in df.settings to allow them"
+        else:
+            message = "HTTP steps are not supported by this worker version"
+        return self._transition(conn, task, context, lambda state, now: [StepFailed(now, task.frame, message)])
+
+    def _inbox_events(
+        self, conn: psycopg.Connection[Any], task: store.Claim
+    ) -> Callable[[State, datetime], list[Event]]:
+        def events(state: State, now: datetime) -> list[Event]:
+            items = store.read_inbox(conn, instance_id=task.instance_id)
+            store.delete_inbox(conn, items=items)
+            out: list[Event] = []
+            for item in items:
+                if item.table == "signals":
+                    out.append(SignalArrived(now, item.name or "", _compact(item.payload or "null")))
+                else:
+                    out.append(CancelRequested(now, item.reason or "Cancelled by user"))
+            return out
+
+        return events
+
+    def _transition(
+        self,
+        conn: psycopg.Connection[Any],
+        task: store.Claim,
+        context: _Context,
+        make_events: Callable[[State, datetime], list[Event]],
+    ) -> store.Claim | None:
+        """Fence, lock, fold and write in one transaction; for work items that run nothing first."""
+        with conn.transaction():
+            if not store.fence(conn, task=task, worker_id=self.id):
+                return None
+            return self._record(conn, task, context, make_events)
+
+    def _record(
+        self,
+        conn: psycopg.Connection[Any],
+        task: store.Claim,
+        context: _Context,
+        make_events: Callable[[State, datetime], list[Event]],
+    ) -> store.Claim | None:
+        """Inside a fenced transaction: lock the instance, fold the events, write the transition."""
+        locked = store.lock_instance(conn, instance_id=task.instance_id)
+        if locked is None:
+            return None
+        folded: list[tuple[Event, Transition]] = []
+        state = None if locked.checkpoint is None else self._state(context, locked)
+        if state is None:
+            started = self._started(context, locked.now)
+            transition = begin(context.graph, started)
+            folded.append((started, transition))
+            state = transition.state
+        if state.terminal or not _live(state, task):
+            store.finish_tasks(conn, instance_id=task.instance_id, frames=[task.frame])
+            if not folded:
+                return None
+        else:
+            for event in make_events(state, locked.now):
+                transition = step(state, event)
+                folded.append((event, transition))
+                state = transition.state
+        if not folded:
+            return None
+        return self._write(conn, task, context, locked, folded)
+
+    def _write(
+        self,
+        conn: psycopg.Connection[Any],
+        task: store.Claim,
+        context: _Context,
+        locked: store.Locked,
+        folded: Sequence[tuple[Event, Transition]],
+    ) -> store.Claim | None:
+        final = folded[-1][1].state
+        decision = decide(context.graph, final)
+        started: list[str] = []
+        finished: list[str] = [task.frame]
+        updates = []
+        for _, transition in folded:
+            started.extend(transition.started)
+            finished.extend(transition.finished)
+            updates.extend((context.node_ids[u.path], u) for u in transition.updates)
+        wakes = {t.frame: t.wake_at for t in decision.timers}
+        runnable = {s.frame: s.kind for s in decision.steps}
+        live_started = list(dict.fromkeys(f for f in started if f in wakes or f in runnable))
+        continue_with = next((f for f in live_started if runnable.get(f) == "sql"), None)
+        new_tasks = [
+            store.NewTask(f, runnable.get(f, "timer"), wakes.get(f), leased=(f == continue_with))
+            for f in live_started
+        ]
+        seq0 = locked.state_version
+        write = store.Write(
+            instance_id=task.instance_id,
+            events=[(seq0 + i, event_to_json(event)) for i, (event, _) in enumerate(folded, 1)],
+            checkpoint=json.dumps(final.to_checkpoint(), separators=(",", ":"), ensure_ascii=False),
+            status=final.status,
+            output=final.output,
+            execution_count=final.execution_count,
+            waiting_for=_waiting_for(final, decision),
+            node_updates=updates,
+            finished=[f for f in dict.fromkeys(finished) if f not in live_started],
+            started=new_tasks,
+        )
+        leases = store.write(conn, transition=write, worker_id=self.id, lease_seconds=self.config.lease_seconds)
+        if final.terminal:
+            store.notify(conn, channel=store.DONE_CHANNEL, payload=task.instance_id)
+        elif len(new_tasks) > (continue_with is not None):
+            store.notify(conn, channel=store.WORK_CHANNEL, payload=f"step {task.instance_id}")
+        with self._cache_lock:
+            self._states[task.instance_id] = final
+            if final.terminal:
+                self._states.pop(task.instance_id, None)
+                self._contexts.pop(task.instance_id, None)
+        self.steps_run += 1
+        if continue_with is None:
+            return None
+        return store.Claim(task.instance_id, continue_with, "sql", leases[continue_with])
+
+    def _drop(self, conn: psycopg.Connection[Any], task: store.Claim) -> None:
+        """Remove a work item whose frame is no longer live (a RACE loser, a cancelled instance)."""
+        with conn.transaction():
+            if store.fence(conn, task=task, worker_id=self.id):
+                store.finish_tasks(conn, instance_id=task.instance_id, frames=[task.frame])
+
+    # -- state and context -----------------------------------------------------------------------------
+
+    def _started(self, context: _Context, now: datetime) -> Started:
+        return Started(
+            at=now,
+            instance_id=context.row.id,
+            label=context.row.label,
+            vars=context.row.vars,
+            loop_floor_seconds=float(self._settings.get("loop_floor_seconds", 1)),
+            loop_max_iterations=int(self._settings.get("loop_max_iterations", 100_000)),
+        )
+
+    def _cached_state(self, instance_id: str) -> State | None:
+        with self._cache_lock:
+            return self._states.get(instance_id)
+
+    def _state(self, context: _Context, locked: store.Locked) -> State | None:
+        """The locked checkpoint as a State: the cached copy when its version matches, else decoded."""
+        if locked.checkpoint is None:
+            return None
+        cached = self._cached_state(context.row.id)
+        if cached is not None and cached.events == locked.state_version:
+            return cached
+        return State.from_checkpoint(context.graph, locked.checkpoint)
+
+    def _context(self, conn: psycopg.Connection[Any], instance_id: str) -> _Context | None:
+        with self._cache_lock:
+            known = self._contexts.get(instance_id)
+        if known is not None:
+            return known
+        row = store.load_instance(conn, instance_id=instance_id)
+        if row is None:
+            return None
+        context = _Context(row, from_json(row.graph), _node_ids(store.node_rows(conn, instance_id=instance_id), row))
+        with self._cache_lock:
+            self._contexts[instance_id] = context
+        return context
+
+
+def _node_ids(rows: Sequence[tuple[str, str, str | None, str | None, str | None]], row: store.InstanceRow) -> dict[
+    str, str
+]:
+    """Node ids by graph path, rebuilt from the flattened rows (reference §4.2)."""
+    by_id = {r[0]: r for r in rows}
+    paths: dict[str, str] = {}
+    pending = [("root", row.root_node)]
+    while pending:
+        path, node_id = pending.pop()
+        paths[path] = node_id
+        _, node_type, query, left, right = by_id[node_id]
+        if left is not None:
+            pending.append((f"{path}.left", left))
+        if right is not None:
+            pending.append((f"{path}.right", right))
+        if query and node_type in ("IF", "LOOP", "JOIN") and query.startswith("{"):
+            config = json.loads(query)
+            if isinstance(config.get("condition_node"), str):
+                pending.append((f"{path}.condition_node", config["condition_node"]))
+            for index, extra in enumerate(config.get("extra_nodes", [])):
+                pending.append((f"{path}.extra_nodes[{index}]", extra))
+    return paths
+
+
+def _payload(state: State | None, frame: str) -> str | None:
+    leaf = state.frames.get(frame) if state is not None else None
+    return leaf.payload if isinstance(leaf, Leaf) else None
+
+
+def _live(state: State, task: store.Claim) -> bool:
+    if task.kind in ("start", "inbox"):
+        return True
+    frame = state.frames.get(task.frame)
+    if task.kind == "timer":
+        return isinstance(frame, Leaf | LoopFrame) and frame.wake_at is not None
+    return isinstance(frame, Leaf) and frame.payload is not None
+
+
+def _compact(payload: str) -> str:
+    return json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False)
+
+
+def _waiting_for(state: State, decision: Any) -> str | None:
+    if state.terminal:
+        return None
+    if decision.steps:
+        return "worker"
+    waits = []
+    if decision.timers:
+        waits.append("timer until " + min(t.wake_at for t in decision.timers).isoformat())
+    if decision.signals:
+        waits.append("signal " + ", ".join(f"'{name}'" for name in decision.signals))
+    return " or ".join(waits) or None
+
+
+class _LeaseLost(Exception):
+    """The fence found another worker's lease: roll the step back."""
