@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, cast
 from attrs import evolve, frozen
 from typing_extensions import assert_never
 
+from pgdurable.dsl.cron import CronError
 from pgdurable.dsl.nodes import (
     Break,
     Http,
@@ -43,7 +44,7 @@ from pgdurable.runtime.events import (
     StepSucceeded,
     TimerFired,
 )
-from pgdurable.runtime.schedules import next_fire
+from pgdurable.runtime.schedules import ScheduleError, next_fire
 from pgdurable.runtime.state import (
     Frame,
     IfFrame,
@@ -81,7 +82,9 @@ BREAK_OUTSIDE_LOOP: Final = "df.break() was called outside of a loop"
 RACE_LOSER_LOOP: Final = "Loop branch cancelled after losing RACE"
 # Named results are kept for these node types only; naming a SLEEP, WAIT_SCHEDULE or BREAK has no effect.
 _UNBOUND: Final = (Sleep, WaitForSchedule, Break)
-_SINGLE_REFERENCE: Final = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\??|\{[A-Za-z_][A-Za-z0-9_]*\}")
+_SINGLE_REFERENCE: Final = re.compile(
+    r"\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\??|\{[A-Za-z_][A-Za-z0-9_]*\}"
+)
 
 
 class NondeterminismError(PgdurableError):
@@ -198,8 +201,7 @@ def decide(graph: Node, state: State) -> Decision:
     for frame in state.frames.values():
         if isinstance(frame, Leaf):
             if frame.payload is not None and frame.kind in ("sql", "http", "http_multipart"):
-                kind = cast(StepKind, frame.kind)
-                steps.append(RunStep(frame.key, kind, frame.payload, idempotency_key(state, frame.key)))
+                steps.append(RunStep(frame.key, frame.kind, frame.payload, idempotency_key(state, frame.key)))
             if frame.signal is not None:
                 signals.add(frame.signal)
         if isinstance(frame, Leaf | LoopFrame) and frame.wake_at is not None:
@@ -326,23 +328,27 @@ class _Fold:
                 self.frames[key] = Leaf(key, parent, scope, "timer", wake_at=self.at + timedelta(seconds=seconds))
                 self.started.append(key)
             case WaitForSchedule(cron_expr=cron):
-                self.frames[key] = Leaf(key, parent, scope, "timer", wake_at=next_fire(cron, self.at))
-                self.started.append(key)
+                self.frames[key] = Leaf(key, parent, scope, "timer")
+                try:
+                    wake_at = next_fire(cron, self.at)
+                except (ScheduleError, CronError) as error:
+                    self.finish(key, Outcome("failed", f"df.wait_for_schedule: {error}"))
+                else:
+                    self.frames[key] = Leaf(key, parent, scope, "timer", wake_at=wake_at)
+                    self.started.append(key)
             case WaitForSignal(signal_name=name, timeout_seconds=timeout):
                 queued = self.signals.get(name, ())
-                wake_at = None if timeout is None else self.at + timedelta(seconds=timeout)
-                self.frames[key] = Leaf(key, parent, scope, "signal", wake_at=wake_at, signal=name)
+                deadline = None if timeout is None else self.at + timedelta(seconds=timeout)
+                self.frames[key] = Leaf(key, parent, scope, "signal", wake_at=deadline, signal=name)
                 if queued:
                     self.signals = {**self.signals, name: queued[1:]} if queued[1:] else _without(self.signals, name)
                     self.finish(key, Outcome("completed", _signal_result(name, queued[0])))
-                elif wake_at is not None:
+                elif deadline is not None:
                     self.started.append(key)
             case _:
                 assert_never(node)
 
-    def leaf(
-        self, key: str, parent: str | None, scope: str, kind: StepKind, render: Callable[[], str]
-    ) -> None:
+    def leaf(self, key: str, parent: str | None, scope: str, kind: StepKind, render: Callable[[], str]) -> None:
         self.frames[key] = Leaf(key, parent, scope, kind)
         try:
             payload = render()
@@ -540,9 +546,7 @@ class _Fold:
         if loop.is_root:
             self.drop_scope(body_scope)
             body_scope = self.new_scope({})
-        self.frames[loop.key] = evolve(
-            loop, phase="body", started_at=self.at, wake_at=None, body_scope=body_scope
-        )
+        self.frames[loop.key] = evolve(loop, phase="body", started_at=self.at, wake_at=None, body_scope=body_scope)
         if loop.parent is None:
             self.execution_count = loop.iteration
         path, iterations = split_key(loop.key)

@@ -15,5 +15,5 @@ _ARMED: Final = os.environ.get("PGDURABLE_FAILPOINT")
 
 
 def failpoint(name: Literal["after_runner", "before_commit", "after_commit_before_ack"]) -> None:
-    if _ARMED == name:
+    if name == _ARMED:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -183,7 +183,7 @@ class State:
 
 def _frame_to_json(frame: Frame) -> dict[str, Any]:
     data: dict[str, Any] = {"type": type(frame).__name__}
-    for name in frame.__attrs_attrs__:  # type: ignore[union-attr]
+    for name in frame.__attrs_attrs__:
         value = getattr(frame, name.name)
         if isinstance(value, datetime):
             value = value.isoformat()

@@ -256,7 +256,8 @@ def load_instance(conn: Conn, *, instance_id: str) -> InstanceRow | None:
 
 def node_rows(conn: Conn, *, instance_id: str) -> list[tuple[str, str, str | None, str | None, str | None]]:
     """(id, node_type, query, left_node, right_node) of every node of an instance."""
-    return [tuple(r) for r in conn.execute(_NODES, {"instance": instance_id}).fetchall()]  # type: ignore[misc]
+    rows = conn.execute(_NODES, {"instance": instance_id}).fetchall()
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 def lock_instance(conn: Conn, *, instance_id: str) -> Locked | None:
@@ -408,7 +409,9 @@ def finish_tasks(conn: Conn, *, instance_id: str, frames: Sequence[str]) -> None
 
 
 def read_checkpoint(conn: Conn, *, instance_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT checkpoint FROM df.instances WHERE id = %(instance)s", {"instance": instance_id}).fetchone()
+    row = conn.execute(
+        "SELECT checkpoint FROM df.instances WHERE id = %(instance)s", {"instance": instance_id}
+    ).fetchone()
     return row[0] if row else None
 
 

@@ -20,12 +20,11 @@ from typing import Any, Final
 
 import psycopg
 from attrs import frozen
-from psycopg import errors as pg_errors
 
 from pgdurable.dsl.codec import from_json
 from pgdurable.dsl.nodes import Node
 from pgdurable.runtime import store
-from pgdurable.runtime.engine import Transition, begin, decide, step
+from pgdurable.runtime.engine import NodeUpdate, Transition, begin, decide, step
 from pgdurable.runtime.events import (
     CancelRequested,
     Event,
@@ -211,7 +210,8 @@ class Worker:
         """The exactly-once lane: the step, its fence and its checkpoint commit together, or not at all."""
         query = self._query(conn, task, context)
         if query is None:
-            return self._drop(conn, task)
+            self._drop(conn, task)
+            return None
         try:
             if context.row.database is not None:
                 raise StepError("use the autocommit lane", needs_autocommit=True)
@@ -244,9 +244,13 @@ class Worker:
             return self._fail(conn, task, context, error)
         return self._transition(conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)])
 
-    def _fail(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, error: StepError) -> store.Claim | None:
-        event = lambda state, now: [StepFailed(now, task.frame, error.message, error.detail)]  # noqa: E731
-        return self._transition(conn, task, context, event)
+    def _fail(
+        self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, error: StepError
+    ) -> store.Claim | None:
+        def failed(state: State, now: datetime) -> list[Event]:
+            return [StepFailed(now, task.frame, error.message, error.detail)]
+
+        return self._transition(conn, task, context, failed)
 
     def _query(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> str | None:
         """The step's rendered SQL, from the cached state or else from the stored checkpoint."""
@@ -336,7 +340,7 @@ class Worker:
         decision = decide(context.graph, final)
         started: list[str] = []
         finished: list[str] = [task.frame]
-        updates = []
+        updates: list[tuple[str, NodeUpdate]] = []
         for _, transition in folded:
             started.extend(transition.started)
             finished.extend(transition.finished)
@@ -346,8 +350,7 @@ class Worker:
         live_started = list(dict.fromkeys(f for f in started if f in wakes or f in runnable))
         continue_with = next((f for f in live_started if runnable.get(f) == "sql"), None)
         new_tasks = [
-            store.NewTask(f, runnable.get(f, "timer"), wakes.get(f), leased=(f == continue_with))
-            for f in live_started
+            store.NewTask(f, runnable.get(f, "timer"), wakes.get(f), leased=(f == continue_with)) for f in live_started
         ]
         seq0 = locked.state_version
         write = store.Write(
@@ -422,9 +425,9 @@ class Worker:
         return context
 
 
-def _node_ids(rows: Sequence[tuple[str, str, str | None, str | None, str | None]], row: store.InstanceRow) -> dict[
-    str, str
-]:
+def _node_ids(
+    rows: Sequence[tuple[str, str, str | None, str | None, str | None]], row: store.InstanceRow
+) -> dict[str, str]:
     """Node ids by graph path, rebuilt from the flattened rows (reference §4.2)."""
     by_id = {r[0]: r for r in rows}
     paths: dict[str, str] = {}

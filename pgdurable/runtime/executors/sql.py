@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgdurable.errors import PgdurableError
 from pgdurable.runtime import store
 from pgdurable.runtime.lexer import MultipleStatementsError, check_single_statement
-from pgdurable.runtime.results import encode_result
+from pgdurable.runtime.results import RunnerOutputError, encode_result
 
 __all__ = ["SqlExecutor", "StepError"]
 
@@ -29,9 +29,7 @@ __all__ = ["SqlExecutor", "StepError"]
 class StepError(PgdurableError):
     """A step failed. `message` is what pg_durable stores on the node; `detail` the structured failure."""
 
-    def __init__(
-        self, message: str, *, detail: dict[str, Any] | None = None, needs_autocommit: bool = False
-    ) -> None:
+    def __init__(self, message: str, *, detail: dict[str, Any] | None = None, needs_autocommit: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
@@ -88,17 +86,18 @@ class SqlExecutor:
             raise StepError(str(error), needs_autocommit=True) from error
         except psycopg.Error as error:
             raise _from_database(error) from error
+        except RunnerOutputError as error:
+            raise StepError(f"SQL execution failed: {error}") from error
 
     def run_autocommit(self, row: store.InstanceRow, query: str) -> str:
         """Run one statement on its own connection, logged in as the submitter; its result envelope."""
         _one_statement(query)
-        params = conninfo_to_dict(self.dsn)
-        params.pop("password", None)
+        params = {k: str(v) for k, v in conninfo_to_dict(self.dsn).items() if v is not None and k != "password"}
         params["user"] = row.submitted_by
         if row.database is not None:
             params["dbname"] = row.database
         try:
-            conn = psycopg.connect(make_conninfo(**params), autocommit=True, application_name="pgdurable-step")
+            conn = psycopg.connect(make_conninfo("", **params), autocommit=True, application_name="pgdurable-step")
         except psycopg.OperationalError as error:
             raise StepError(
                 f"cannot log in as role {row.submitted_by} for the autocommit lane: {error}".strip()

@@ -49,7 +49,9 @@ def test_join_waits_for_all_and_keeps_branch_order() -> None:
     assert sim.queries[-1] == "SELECT 'a'"
     join_result = sim.final("root.left")
     assert join_result is not None and [r["rows"][0]["v"] for r in json.loads(join_result.result or "")] == [
-        "a", "b", "c"
+        "a",
+        "b",
+        "c",
     ]
 
 
