@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final, Literal, cast
@@ -71,6 +71,7 @@ __all__ = [
     "apply",
     "begin",
     "decide",
+    "execution_stamp",
     "idempotency_key",
     "replay",
     "step",
@@ -100,7 +101,7 @@ class NodeUpdate:
     path: str
     status: Literal["pending", "running", "completed", "failed"]
     result: str | None
-    iterations: tuple[int, ...]
+    iterations: tuple[int, ...]  # of the enclosing loops, outermost first; a loop's own marks add its own
 
 
 @frozen
@@ -209,6 +210,24 @@ def decide(graph: Node, state: State) -> Decision:
     return Decision(tuple(steps), tuple(timers), tuple(sorted(signals)))
 
 
+def execution_stamp(graph: Node, instance_id: str, node_ids: Mapping[str, str], update: NodeUpdate) -> str:
+    """pg_durable's `status_details.execution_id` for a node update: `<instance>::<generation>`, extended by
+    `::<loop node id>::<iteration>` for each nested loop, so that df.instance_nodes can tell a node of an
+    earlier iteration from a current one (reference §7.3 and §7.4)."""
+    nodes = _index(graph).nodes
+    steps = update.path.split(".")
+    prefixes = (".".join(steps[: i + 1]) for i in range(len(steps)))
+    loops = [p for p in prefixes if isinstance(nodes.get(p), Loop)]
+    if len(loops) != len(update.iterations):
+        return f"{instance_id}::1"
+    pairs = list(zip(loops, update.iterations, strict=True))
+    if pairs and pairs[0][0] == "root":
+        stamp, pairs = f"{instance_id}::{pairs[0][1]}", pairs[1:]
+    else:
+        stamp = f"{instance_id}::1"
+    return stamp + "".join(f"::{node_ids[path]}::{iteration}" for path, iteration in pairs)
+
+
 def idempotency_key(state: State, key: str) -> str:
     """`instance:node-path:iteration-path`: stable across retries of a step, different per loop iteration."""
     path, iterations = split_key(key)
@@ -283,7 +302,7 @@ class _Fold:
     def activate(self, path: str, iterations: tuple[int, ...], parent: str | None, scope: str) -> None:
         node = self.index.nodes[path]
         key = frame_key(path, iterations)
-        self.mark(path, iterations, "running")
+        self.mark(path, (*iterations, 1) if isinstance(node, Loop) else iterations, "running")
         match node:
             case Step():
                 self.leaf(key, parent, scope, "sql", lambda: self.render_sql(node, key, scope))
@@ -440,6 +459,8 @@ class _Fold:
         self.finished.append(key)
         path, iterations = split_key(key)
         node = self.index.nodes[path]
+        if isinstance(frame, LoopFrame):  # a loop's own marks carry its current iteration
+            iterations = (*iterations, frame.iteration)
         if outcome.kind == "failed":
             self.mark(path, iterations, "failed", outcome.value)
         else:
@@ -612,14 +633,16 @@ class _Fold:
 
     def cancel_subtree(self, key: str, *, loser_of_race: bool = False) -> None:
         doomed = [k for k in self.frames if k == key or self.descends_from(k, key)]
+        doomed_frames = {k: self.frames[k] for k in doomed}
         for doomed_key in doomed:
             frame = self.frames.pop(doomed_key)
             self.finished.append(doomed_key)
             for scope in _owned_scopes(frame):
                 self.drop_scope(scope)
-        top = split_key(key)
-        if loser_of_race and isinstance(self.index.nodes[top[0]], Loop):
-            self.mark(top[0], top[1], "failed", RACE_LOSER_LOOP)
+        loser = doomed_frames.get(key)
+        if loser_of_race and isinstance(loser, LoopFrame):
+            path, iterations = split_key(key)
+            self.mark(path, (*iterations, loser.iteration), "failed", RACE_LOSER_LOOP)
 
     def descends_from(self, key: str, ancestor: str) -> bool:
         parent = self.frames[key].parent

@@ -17,8 +17,6 @@ import psycopg
 from attrs import frozen
 from psycopg import sql
 
-from pgdurable.runtime.engine import NodeUpdate
-
 __all__ = [
     "DONE_CHANNEL",
     "WORK_CHANNEL",
@@ -27,6 +25,7 @@ __all__ = [
     "InstanceRow",
     "Locked",
     "NewTask",
+    "NodeWrite",
     "Runner",
     "Write",
     "claim",
@@ -105,6 +104,16 @@ class NewTask:
 
 
 @frozen
+class NodeWrite:
+    """One df.nodes row change: status, result (JSON, or error text) and execution stamp."""
+
+    node_id: str
+    status: str
+    result: str | None
+    stamp: str
+
+
+@frozen
 class Runner:
     """A role's step runner, checked: owned by the role and SECURITY DEFINER."""
 
@@ -123,7 +132,7 @@ class Write:
     output: str | None
     execution_count: int
     waiting_for: str | None
-    node_updates: Sequence[tuple[str, NodeUpdate]]  # (node id, update), in order
+    node_updates: Sequence[NodeWrite]  # in order; a node changed twice keeps its last change
     finished: Sequence[str]
     started: Sequence[NewTask]
 
@@ -374,15 +383,15 @@ def write(conn: Conn, *, transition: Write, worker_id: UUID, lease_seconds: floa
         },
     )
     if t.node_updates:
-        latest = dict(t.node_updates)  # a node may change twice in one transition: its last change wins
+        latest = {u.node_id: u for u in t.node_updates}
         conn.execute(
             _NODE_UPDATES,
             {
                 "instance": t.instance_id,
                 "ids": list(latest),
                 "statuses": [u.status for u in latest.values()],
-                "results": [_stored_result(u) for u in latest.values()],
-                "stamps": [_stamp(t.instance_id, u) for u in latest.values()],
+                "results": [_stored_result(u.status, u.result) for u in latest.values()],
+                "stamps": [u.stamp for u in latest.values()],
             },
         )
     if t.finished:
@@ -428,16 +437,12 @@ def read_history(conn: Conn, *, instance_id: str) -> list[tuple[int, str, int]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def _stored_result(update: NodeUpdate) -> str | None:
+def _stored_result(status: str, result: str | None) -> str | None:
     """df.nodes.result is jsonb: a result as is; an error as a JSON string unless it parses as JSON."""
-    if update.result is None or update.status == "completed":
-        return update.result
+    if result is None or status == "completed":
+        return result
     try:
-        json.loads(update.result)
+        json.loads(result)
     except ValueError:
-        return json.dumps(update.result, ensure_ascii=False)
-    return update.result
-
-
-def _stamp(instance_id: str, update: NodeUpdate) -> str:
-    return f"{instance_id}::{'.'.join(map(str, update.iterations)) or '1'}"
+        return json.dumps(result, ensure_ascii=False)
+    return result

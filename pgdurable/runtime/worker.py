@@ -23,8 +23,9 @@ from attrs import frozen
 
 from pgdurable.dsl.codec import from_json
 from pgdurable.dsl.nodes import Node
+from pgdurable.migrate import check_version
 from pgdurable.runtime import store
-from pgdurable.runtime.engine import NodeUpdate, Transition, begin, decide, step
+from pgdurable.runtime.engine import NodeUpdate, Transition, begin, decide, execution_stamp, step
 from pgdurable.runtime.events import (
     CancelRequested,
     Event,
@@ -38,7 +39,6 @@ from pgdurable.runtime.events import (
 from pgdurable.runtime.executors.sql import SqlExecutor, StepError
 from pgdurable.runtime.failpoints import failpoint
 from pgdurable.runtime.state import Leaf, LoopFrame, State
-from pgdurable.sql.migrate import check_version
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -340,11 +340,11 @@ class Worker:
         decision = decide(context.graph, final)
         started: list[str] = []
         finished: list[str] = [task.frame]
-        updates: list[tuple[str, NodeUpdate]] = []
+        updates: list[store.NodeWrite] = []
         for _, transition in folded:
             started.extend(transition.started)
             finished.extend(transition.finished)
-            updates.extend((context.node_ids[u.path], u) for u in transition.updates)
+            updates.extend(self._node_write(context, u) for u in transition.updates)
         wakes = {t.frame: t.wake_at for t in decision.timers}
         runnable = {s.frame: s.kind for s in decision.steps}
         live_started = list(dict.fromkeys(f for f in started if f in wakes or f in runnable))
@@ -379,6 +379,11 @@ class Worker:
         if continue_with is None:
             return None
         return store.Claim(task.instance_id, continue_with, "sql", leases[continue_with])
+
+    @staticmethod
+    def _node_write(context: _Context, update: NodeUpdate) -> store.NodeWrite:
+        stamp = execution_stamp(context.graph, context.row.id, context.node_ids, update)
+        return store.NodeWrite(context.node_ids[update.path], update.status, update.result, stamp)
 
     def _drop(self, conn: psycopg.Connection[Any], task: store.Claim) -> None:
         """Remove a work item whose frame is no longer live (a RACE loser, a cancelled instance)."""
