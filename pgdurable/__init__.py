@@ -4,6 +4,7 @@ Write a workflow in Python (`Step("SELECT ...") >> Step("...")`) or in pg_durabl
 (`'SELECT ...' ~> '...'`); both build the same graph JSON.
 """
 
+from pgdurable.client import Client, Instance, InstanceNotFound, WaitTimeout
 from pgdurable.dsl import (
     Bind,
     Break,
@@ -37,17 +38,23 @@ from pgdurable.dsl import (
     wait_for_signal,
 )
 from pgdurable.errors import GraphError, PgdurableError
+from pgdurable.migrate import MigrationError, install, uninstall
+from pgdurable.runtime.worker import Worker, WorkerConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bind",
     "Break",
+    "Client",
     "GraphError",
     "Http",
     "HttpMultipart",
     "If",
+    "Instance",
+    "InstanceNotFound",
     "Loop",
+    "MigrationError",
     "Node",
     "Parallel",
     "PgdurableError",
@@ -57,6 +64,9 @@ __all__ = [
     "Then",
     "WaitForSchedule",
     "WaitForSignal",
+    "WaitTimeout",
+    "Worker",
+    "WorkerConfig",
     "__version__",
     "break_",
     "from_json",
@@ -64,6 +74,7 @@ __all__ = [
     "http_multipart",
     "if_",
     "if_rows",
+    "install",
     "join",
     "join3",
     "loop",
@@ -72,6 +83,7 @@ __all__ = [
     "sleep",
     "sql",
     "to_json",
+    "uninstall",
     "wait_for_schedule",
     "wait_for_signal",
 ]

@@ -3,6 +3,7 @@
     pgdurable init [--dsn DSN] [--owner ROLE] [--app-role ROLE]
     pgdurable uninstall [--dsn DSN]
     pgdurable psql [--dsn DSN]
+    pgdurable worker [--dsn DSN] [--concurrency N] [--log-level LEVEL]
 
 Without ``--dsn`` the embedded default server is used (started if needed, and kept running): `init` creates
 the roles ``pgdurable`` (owns df, runs workers) and ``pgdurable_app`` (an application role) and prints the
@@ -14,6 +15,7 @@ Exit codes: 0 success, 1 error (one line on stderr), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import subprocess
 import sys
@@ -48,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     uninstall.add_argument("--dsn", help="libpq DSN of the target database (default: the embedded server)")
     psql = commands.add_parser("psql", help="open psql (the embedded server's, if installed)")
     psql.add_argument("--dsn", help="libpq DSN to connect to (default: the embedded server as pgdurable_app)")
+    worker = commands.add_parser("worker", help="run a worker until SIGTERM or Ctrl-C")
+    worker.add_argument(
+        "--dsn", help="DSN of the df owner role (default: $PGDURABLE_DSN, else the embedded server as pgdurable)"
+    )
+    worker.add_argument("--concurrency", type=int, default=4, help="steps run at once (default: 4)")
+    worker.add_argument("--lease", type=float, default=30.0, help="seconds a claim lasts unless renewed")
+    worker.add_argument("--poll", type=float, default=1.0, help="seconds between polls for due work")
+    worker.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     return parser
 
 
@@ -95,13 +105,33 @@ def _psql(args: argparse.Namespace) -> int:
     return subprocess.call([_psql_binary(), dsn])
 
 
+def _worker(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from pgdurable.runtime.worker import Worker, WorkerConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dsn = args.dsn or os.environ.get("PGDURABLE_DSN")
+    if dsn is None:
+        from pgdurable import embedded
+
+        dsn = embedded.owner_dsn()
+    config = WorkerConfig(concurrency=args.concurrency, lease_seconds=args.lease, poll_seconds=args.poll)
+    worker = Worker(dsn, config=config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.request_stop())
+    worker.run()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:
         return 0 if exit_.code in (0, None) else 2
-    handlers = {"init": _init, "uninstall": _uninstall, "psql": _psql}
+    handlers = {"init": _init, "uninstall": _uninstall, "psql": _psql, "worker": _worker}
     try:
         return handlers[args.command](args)
     except (PgdurableError, psycopg.Error, OSError, ImportError) as error:

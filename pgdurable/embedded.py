@@ -445,3 +445,29 @@ class EmbeddedServer:
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else _where(self._claim.postmaster)
         return f"<EmbeddedServer {self.pgdata} {state} started_here={self.started_here}>"
+
+
+# --- the zero-configuration default ------------------------------------------------------------------
+
+OWNER_ROLE: Final = "pgdurable"
+APP_ROLE: Final = "pgdurable_app"
+
+
+def default_dsn(role: str, home: Path | str | None = None) -> str:
+    """The DSN of the embedded default as `role`, with df installed (idempotent) and the server kept running.
+
+    `OWNER_ROLE` owns df and runs workers; `APP_ROLE` is the application role clients use.
+    """
+    from pgdurable import migrate
+
+    server = start(home, keep_running=True)
+    migrate.install(server.dsn("postgres", "postgres"), owner=OWNER_ROLE, app_role=APP_ROLE)
+    return server.dsn("postgres", role)
+
+
+def app_dsn(home: Path | str | None = None) -> str:
+    return default_dsn(APP_ROLE, home)
+
+
+def owner_dsn(home: Path | str | None = None) -> str:
+    return default_dsn(OWNER_ROLE, home)

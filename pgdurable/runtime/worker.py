@@ -125,13 +125,17 @@ class Worker:
         self.stop()
 
     def run(self) -> None:
-        """Run until `stop()` is called (the command line wires SIGTERM to it)."""
+        """Run until `request_stop()` (the command line wires SIGTERM and SIGINT to it), then shut down."""
         self.start()
         try:
             while not self._stopping.wait(1.0):
                 pass
         finally:
             self.stop()
+
+    def request_stop(self) -> None:
+        """Ask a running worker to stop claiming and shut down (safe from a signal handler)."""
+        self._stopping.set()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

@@ -137,10 +137,12 @@ def test_non_superuser_database_owner_installs(pg_server: TestServer, df_roles: 
         assert (result.superuser, result.catalog_operators, result.search_path_set) == (False, False, True)
         assert result.owner == owner
         assert migrate.install(owner_dsn).applied == ()
-        with psycopg.connect(owner_dsn, autocommit=True) as conn:
-            # the runner is owned by the application role: the admin must be able to act as it
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot create the step runner"):
-                conn.execute("SELECT df.grant_usage(%s)", (user,))
+        # the runner is owned by the application role: the admin must be able to act as it
+        with (
+            psycopg.connect(owner_dsn, autocommit=True) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot create the step runner"),
+        ):
+            conn.execute("SELECT df.grant_usage(%s)", (user,))
         with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(user), sql.Identifier(owner)))
         with psycopg.connect(owner_dsn, autocommit=True) as conn:
