@@ -345,7 +345,21 @@ UPDATE df.nodes n
        AS u(id, status, result, stamp)
  WHERE n.instance_id = %(instance)s AND n.id = u.id
 """
-_DELETE_TASKS: Final = "DELETE FROM df.tasks WHERE instance_id = %(instance)s AND frame = ANY(%(frames)s)"
+# Work items of finished frames go; those another worker holds locked are left to it (it will find its
+# frame gone and roll back), and steps still running elsewhere are interrupted.
+_DELETE_TASKS: Final = """
+WITH doomed AS (
+    SELECT t.instance_id, t.frame FROM df.tasks t
+     WHERE t.instance_id = %(instance)s AND t.frame = ANY(%(frames)s)
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM df.tasks t USING doomed d
+     WHERE t.instance_id = d.instance_id AND t.frame = d.frame
+    RETURNING t.backend_pid
+)
+SELECT count(pg_catalog.pg_cancel_backend(g.backend_pid)) FROM gone g
+ WHERE g.backend_pid IS NOT NULL AND g.backend_pid <> pg_catalog.pg_backend_pid()
+"""
 _INSERT_TASKS: Final = """
 INSERT INTO df.tasks (instance_id, frame, kind, wake_at, lease_owner, lease_expires, lease_gen, backend_pid)
 SELECT %(instance)s, t.frame, t.kind, coalesce(t.wake_at, now()),

@@ -84,6 +84,7 @@ class Worker:
         self._states: dict[str, State] = {}
         self._cache_lock = threading.Lock()
         self._settings: dict[str, Any] = {}
+        self._in_flight: dict[int, store.Claim] = {}  # by slot thread id; their leases are kept alive
         self._executor = SqlExecutor(dsn, max_result_bytes=self.config.max_result_bytes)
         self.steps_run = 0
 
@@ -162,16 +163,27 @@ class Worker:
             try:
                 with self._connect() as conn:
                     conn.execute(f"LISTEN {store.WORK_CHANNEL}")
+                    renewed = time.monotonic()
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=self.config.poll_seconds, stop_after=1):
                             pass
-                        store.heartbeat(conn, worker_id=self.id)
-                        self._load_settings(conn)
                         with self._wake:
                             self._wake.notify_all()
+                        if time.monotonic() - renewed >= self.config.lease_seconds / 3:
+                            self._renew(conn)
+                            renewed = time.monotonic()
             except psycopg.OperationalError as error:
                 log.warning("listener lost its connection (%s); reconnecting", error)
                 self._stopping.wait(self.config.poll_seconds)
+
+    def _renew(self, conn: psycopg.Connection[Any]) -> None:
+        """Heartbeat, refresh settings, and extend the leases of the steps in flight."""
+        store.heartbeat(conn, worker_id=self.id)
+        self._load_settings(conn)
+        with self._cache_lock:
+            in_flight = list(self._in_flight.values())
+        if in_flight:
+            store.extend_leases(conn, worker_id=self.id, tasks=in_flight, lease_seconds=self.config.lease_seconds)
 
     def _slot(self) -> None:
         while not self._stopping.is_set():
@@ -190,8 +202,17 @@ class Worker:
                     self._wake.wait(self.config.poll_seconds)
                 continue
             task: store.Claim | None = claims[0]
-            while task is not None and not self._stopping.is_set():
-                task = self._handle(conn, task)
+            slot = threading.get_ident()
+            try:
+                while task is not None and not self._stopping.is_set():
+                    with self._cache_lock:
+                        self._in_flight[slot] = task
+                    task = self._handle(conn, task)
+                if task is not None:  # stopping: hand the next step back instead of sitting on its lease
+                    store.release(conn, task=task, wake_at=None)
+            finally:
+                with self._cache_lock:
+                    self._in_flight.pop(slot, None)
 
     # -- one work item ---------------------------------------------------------------------------------
 
@@ -232,6 +253,9 @@ class Worker:
             failpoint("after_commit_before_ack")
             return following
         except _LeaseLost:
+            return None
+        except _NotLive:  # a RACE loser or a cancelled instance: its effects were rolled back
+            self._drop(conn, task)
             return None
         except StepError as error:
             if error.needs_autocommit:
@@ -296,10 +320,14 @@ class Worker:
         make_events: Callable[[State, datetime], list[Event]],
     ) -> store.Claim | None:
         """Fence, lock, fold and write in one transaction; for work items that run nothing first."""
-        with conn.transaction():
-            if not store.fence(conn, task=task, worker_id=self.id):
-                return None
-            return self._record(conn, task, context, make_events)
+        try:
+            with conn.transaction():
+                if not store.fence(conn, task=task, worker_id=self.id):
+                    return None
+                return self._record(conn, task, context, make_events)
+        except _NotLive:
+            self._drop(conn, task)
+            return None
 
     def _record(
         self,
@@ -320,9 +348,9 @@ class Worker:
             folded.append((started, transition))
             state = transition.state
         if state.terminal or not _live(state, task):
-            store.finish_tasks(conn, instance_id=task.instance_id, frames=[task.frame])
             if not folded:
-                return None
+                raise _NotLive
+            store.finish_tasks(conn, instance_id=task.instance_id, frames=[task.frame])
         else:
             for event in make_events(state, locked.now):
                 transition = step(state, event)
@@ -491,3 +519,7 @@ def _waiting_for(state: State, decision: Any) -> str | None:
 
 class _LeaseLost(Exception):
     """The fence found another worker's lease: roll the step back."""
+
+
+class _NotLive(Exception):
+    """The work item's frame ended meanwhile (a RACE loser, a cancelled instance): roll back, drop the item."""

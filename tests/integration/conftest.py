@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgdurable import migrate
+from pgdurable import Client, Worker, WorkerConfig, migrate
 from pgdurable.testing import MakeDatabase, TestServer
 
 
@@ -136,3 +136,22 @@ def _scalar(conn: psycopg.Connection[tuple[object, ...]], query: str, params: Se
 def scalar() -> Scalar:
     """`scalar(conn, query, params=None)`: the single value of a query's single row."""
     return _scalar
+
+
+TEST_WORKER = WorkerConfig(concurrency=4, lease_seconds=2.0, poll_seconds=0.05)
+"""Test-size leases and polls (design §7); the loop floor is set to 0 in each module's database."""
+
+
+@pytest.fixture(scope="module")
+def worker(df_db: DfDatabase) -> Iterator[Worker]:
+    """An in-process worker on the module's database, with the loop floor at 0."""
+    with psycopg.connect(df_db.admin_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE df.settings SET value = '0' WHERE key = 'loop_floor_seconds'")
+    with Worker(df_db.admin_dsn, config=TEST_WORKER) as running:
+        yield running
+
+
+@pytest.fixture
+def client(df_db: DfDatabase) -> Client:
+    """A client as the application role."""
+    return Client(df_db.app_dsn)
