@@ -200,6 +200,8 @@ def apply(conn: Conn, *, owner: str | None = None) -> tuple[int, ...]:
     ):
         schema_owner = _one(conn, "SELECT nspowner::regrole::text FROM pg_catalog.pg_namespace WHERE nspname = 'df'")
         raise MigrationError(f"schema df exists and is owned by {schema_owner}, not {owner}")
+    # the step runners' schema; created here because the owner may lack CREATE on the database
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS df_exec AUTHORIZATION {}").format(sql.Identifier(owner)))
     if owner != me:
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
     try:

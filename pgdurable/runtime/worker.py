@@ -397,11 +397,12 @@ class Worker:
             finished=[f for f in dict.fromkeys(finished) if f not in live_started],
             started=new_tasks,
         )
-        leases = store.write(conn, transition=write, worker_id=self.id, lease_seconds=self.config.lease_seconds)
-        if final.terminal:
-            store.notify(conn, channel=store.DONE_CHANNEL, payload=task.instance_id)
-        elif len(new_tasks) > (continue_with is not None):
-            store.notify(conn, channel=store.WORK_CHANNEL, payload=f"step {task.instance_id}")
+        with conn.pipeline():
+            leases = store.write(conn, transition=write, worker_id=self.id, lease_seconds=self.config.lease_seconds)
+            if final.terminal:
+                store.notify(conn, channel=store.DONE_CHANNEL, payload=task.instance_id)
+            elif len(new_tasks) > (continue_with is not None):  # work for other slots and workers
+                store.notify(conn, channel=store.WORK_CHANNEL, payload=f"step {task.instance_id}")
         with self._cache_lock:
             self._states[task.instance_id] = final
             if final.terminal:

@@ -69,7 +69,7 @@ CREATE TRIGGER cancel_requests_enqueue AFTER INSERT ON df.cancel_requests
 
 -- Step runners: df_exec.run_<role oid>, one per application role, owned by that role and SECURITY
 -- DEFINER, so a step runs with exactly its submitter's privileges on the worker's own connection.
-CREATE SCHEMA df_exec;
+-- (schema df_exec is created by the migration runner, owned by the df owner, like df)
 REVOKE ALL ON SCHEMA df_exec FROM PUBLIC;
 
 -- The runner's body for a role. Inside a SECURITY DEFINER function PostgreSQL refuses SET ROLE, SET
