@@ -72,6 +72,7 @@ class InstanceRow:
     submitter_oid: int
     database: str | None
     vars: dict[str, str]
+    created_at: datetime
 
 
 @frozen
@@ -160,8 +161,11 @@ def unregister_worker(conn: Conn, *, worker_id: UUID) -> None:
 
 # -- claims and leases -----------------------------------------------------------------------------------
 
+# A claim is not one of the commits the commit plan counts: it commits asynchronously (a lost claim only
+# delays the work item until its lease expires).
 _CLAIM: Final = """
-WITH due AS (
+WITH async AS (SELECT pg_catalog.set_config('synchronous_commit', 'off', true)),
+due AS (
     SELECT t.instance_id, t.frame FROM df.tasks t
      WHERE t.wake_at <= now() AND (t.lease_expires IS NULL OR t.lease_expires < now())
      ORDER BY t.wake_at
@@ -171,7 +175,7 @@ WITH due AS (
 UPDATE df.tasks t
    SET lease_owner = %(worker)s, lease_expires = now() + %(lease)s * interval '1 second',
        lease_gen = t.lease_gen + 1, claims = t.claims + 1, backend_pid = pg_backend_pid()
-  FROM due
+  FROM due, async
  WHERE t.instance_id = due.instance_id AND t.frame = due.frame
 RETURNING t.instance_id, t.frame, t.kind, t.lease_gen
 """
@@ -244,7 +248,8 @@ def tasks_of(conn: Conn, *, instance_id: str) -> list[tuple[str, str, int | None
 # -- instances -------------------------------------------------------------------------------------------
 
 _LOAD: Final = """
-SELECT i.id, i.label, i.graph, i.root_node, i.submitted_by::text, i.submitted_by::oid, i.database, i.vars
+SELECT i.id, i.label, i.graph, i.root_node, i.submitted_by::text, i.submitted_by::oid, i.database, i.vars,
+       i.created_at
   FROM df.instances i WHERE i.id = %(instance)s
 """
 _NODES: Final = """
@@ -260,7 +265,8 @@ def load_instance(conn: Conn, *, instance_id: str) -> InstanceRow | None:
     row = conn.execute(_LOAD, {"instance": instance_id}).fetchone()
     if row is None:
         return None
-    return InstanceRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], {k: str(v) for k, v in row[7].items()})
+    variables = {k: str(v) for k, v in row[7].items()}
+    return InstanceRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], variables, row[8])
 
 
 def node_rows(conn: Conn, *, instance_id: str) -> list[tuple[str, str, str | None, str | None, str | None]]:

@@ -229,11 +229,30 @@ class Worker:
             return self._transition(conn, task, context, lambda state, now: [TimerFired(now, task.frame)])
         if task.kind == "inbox":
             return self._transition(conn, task, context, self._inbox_events(conn, task))
-        return self._transition(conn, task, context, lambda state, now: [])  # 'start'
+        return self._start(conn, task, context)
 
-    def _run_sql(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> store.Claim | None:
-        """The exactly-once lane: the step, its fence and its checkpoint commit together, or not at all."""
-        query = self._query(conn, task, context)
+    def _start(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> store.Claim | None:
+        """Begin an instance. Its first SQL step runs in the same transaction, so that a workflow of S steps
+        costs S + 1 commits (the start, then one per step)."""
+        first = decide(context.graph, begin(context.graph, self._started(context)).state).steps
+        if first and first[0].kind == "sql" and context.row.database is None:
+            return self._run_sql(conn, task, context, frame=first[0].frame, query=first[0].payload)
+        return self._transition(conn, task, context, lambda state, now: [])
+
+    def _run_sql(
+        self,
+        conn: psycopg.Connection[Any],
+        task: store.Claim,
+        context: _Context,
+        *,
+        frame: str | None = None,
+        query: str | None = None,
+    ) -> store.Claim | None:
+        """The exactly-once lane: the step, its fence and its checkpoint commit together, or not at all.
+
+        `frame` and `query` name the step when the work item is not the step's own (a 'start' item)."""
+        frame = frame or task.frame
+        query = query or self._query(conn, task, context)
         if query is None:
             self._drop(conn, task)
             return None
@@ -246,9 +265,7 @@ class Worker:
                 failpoint("after_runner")
                 if not store.fence(conn, task=task, worker_id=self.id):
                     raise _LeaseLost
-                following = self._record(
-                    conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)]
-                )
+                following = self._record(conn, task, context, lambda state, now: [StepSucceeded(now, frame, result)])
                 failpoint("before_commit")
             failpoint("after_commit_before_ack")
             return following
@@ -259,24 +276,24 @@ class Worker:
             return None
         except StepError as error:
             if error.needs_autocommit:
-                return self._run_autocommit(conn, task, context, query)
-            return self._fail(conn, task, context, error)
+                return self._run_autocommit(conn, task, context, frame, query)
+            return self._fail(conn, task, context, frame, error)
 
     def _run_autocommit(
-        self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, query: str
+        self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, frame: str, query: str
     ) -> store.Claim | None:
         """The at-least-once lane: statements that cannot run in a transaction, and other databases."""
         try:
             result = self._executor.run_autocommit(context.row, query)
         except StepError as error:
-            return self._fail(conn, task, context, error)
-        return self._transition(conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)])
+            return self._fail(conn, task, context, frame, error)
+        return self._transition(conn, task, context, lambda state, now: [StepSucceeded(now, frame, result)])
 
     def _fail(
-        self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, error: StepError
+        self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, frame: str, error: StepError
     ) -> store.Claim | None:
         def failed(state: State, now: datetime) -> list[Event]:
-            return [StepFailed(now, task.frame, error.message, error.detail)]
+            return [StepFailed(now, frame, error.message, error.detail)]
 
         return self._transition(conn, task, context, failed)
 
@@ -342,8 +359,10 @@ class Worker:
             return None
         folded: list[tuple[Event, Transition]] = []
         state = None if locked.checkpoint is None else self._state(context, locked)
+        if task.kind == "start" and state is not None:
+            raise _NotLive  # begun meanwhile (by an inbox item): its first step is an item of its own now
         if state is None:
-            started = self._started(context, locked.now)
+            started = self._started(context)
             transition = begin(context.graph, started)
             folded.append((started, transition))
             state = transition.state
@@ -426,9 +445,9 @@ class Worker:
 
     # -- state and context -----------------------------------------------------------------------------
 
-    def _started(self, context: _Context, now: datetime) -> Started:
+    def _started(self, context: _Context) -> Started:
         return Started(
-            at=now,
+            at=context.row.created_at,
             instance_id=context.row.id,
             label=context.row.label,
             vars=context.row.vars,
