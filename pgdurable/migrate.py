@@ -19,16 +19,24 @@ How to check, as an application role, in a new session::
 ``pg_dump`` does not carry the ``pg_catalog`` operator copies (nor, unless ``--create`` is used, the
 database's ``search_path`` setting): after a restore, run ``pgdurable init`` again. It applies no migration
 and puts both back.
+
+On the embedded default (`install` without a DSN, i.e. ``pgdurable init``), `install_embedded` also
+configures ``df.start(..., transaction_mode => 'new')``: see `configure_loopback`.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
+import hmac
 import importlib.resources
 import re
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg import sql
@@ -36,16 +44,22 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgdurable.errors import PgdurableError
 
+if TYPE_CHECKING:
+    from pgdurable.embedded import EmbeddedServer
+
 __all__ = [
     "LATEST",
+    "LOOPBACK_SETTING",
     "MIGRATIONS",
     "InstallResult",
     "Migration",
     "MigrationError",
     "apply",
     "check_version",
+    "configure_loopback",
     "current_version",
     "install",
+    "install_embedded",
     "uninstall",
 ]
 
@@ -55,6 +69,18 @@ _FILE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # pg_advisory_xact_lock(classid, objid): "PGDF" and 1 = migrations.
 _LOCK_CLASS: Final = 0x50474446
 _LOCK_MIGRATE: Final = 1
+_LOCK_LOOPBACK: Final = 2
+
+LOOPBACK_SETTING: Final = "new_transaction_conninfo"
+"""The df.settings key holding the libpq conninfo (with its password) of the transaction_mode 'new' loopback."""
+_LOOPBACK_DESCRIPTION: Final = (
+    "libpq conninfo of the loopback role used by df.start(transaction_mode => 'new'), via dblink"
+)
+_LOOPBACK_HBA_TAG: Final = "transaction_mode-new loopback"
+_PLAIN_ROLE: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SCRAM_ITERATIONS: Final = 4096  # PostgreSQL's default scram_iterations
+_SCRAM_VERIFIER: Final = re.compile(r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)")
+_RELOAD_WAIT_SECONDS: Final = 10.0
 
 # The operators and the functions behind them, for the pg_catalog copies.
 _OPERATORS: Final = (
@@ -119,6 +145,8 @@ class InstallResult:
     app_role: str | None
     app_dsn: str | None
     messages: tuple[str, ...]
+    loopback_role: str | None = None
+    """The role of the transaction_mode 'new' loopback, when this install configured it (embedded default)."""
 
 
 # --- reading the version ----------------------------------------------------------------------------------
@@ -167,6 +195,10 @@ def _default_dsn() -> str:
 
     server = embedded.start(keep_running=True)
     return server.dsn("postgres", "postgres")
+
+
+_EMBEDDED_DATABASE: Final = "postgres"
+_EMBEDDED_SUPERUSER: Final = "postgres"
 
 
 def _one(conn: Conn, query: str, params: Sequence[object] = ()) -> object:
@@ -314,7 +346,8 @@ def install(
     """Install or upgrade the df schema in the database of `dsn`; idempotent.
 
     - ``dsn=None``: the embedded default server (started and kept running), with the roles ``pgdurable``
-      (owner of df, runs workers) and ``pgdurable_app`` (an application role), both created if missing.
+      (owner of df, runs workers) and ``pgdurable_app`` (an application role), both created if missing,
+      and ``transaction_mode => 'new'`` configured: see `install_embedded`.
     - `owner`: the role that owns df (created with LOGIN if missing, which needs CREATEROLE). Default: the
       connecting role.
     - `app_role`: an application role to create (LOGIN, if missing) and prepare with ``df.grant_usage``;
@@ -326,9 +359,7 @@ def install(
     `echo` receives each message line as it happens (the CLI prints them).
     """
     if dsn is None:
-        dsn = _default_dsn()
-        owner = owner or "pgdurable"
-        app_role = app_role or "pgdurable_app"
+        return install_embedded(owner=owner, app_role=app_role, catalog_operators=catalog_operators, echo=echo)
     messages: list[str] = []
 
     def say(line: str) -> None:
@@ -410,6 +441,241 @@ def install(
         app_dsn=app_dsn,
         messages=tuple(messages),
     )
+
+
+def install_embedded(
+    server: EmbeddedServer | None = None,
+    *,
+    owner: str | None = None,
+    app_role: str | None = None,
+    catalog_operators: bool | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> InstallResult:
+    """`install` on an embedded server (default: the embedded default, started and kept running), as
+    ``pgdurable init`` without ``--dsn`` does; idempotent.
+
+    Connects to its ``postgres`` database as the superuser ``postgres``; `owner` defaults to
+    ``pgdurable`` and `app_role` to ``pgdurable_app`` (created if missing). Then `configure_loopback`
+    makes ``df.start(..., transaction_mode => 'new')`` work. Pass a `server` of your own (say, one started
+    in a temporary home) to set it up the same way without touching the default one.
+    """
+    from pgdurable import embedded
+
+    if server is None:
+        server = embedded.start(keep_running=True)
+    owner = owner or embedded.OWNER_ROLE
+    app_role = app_role or embedded.APP_ROLE
+    result = install(
+        server.dsn(_EMBEDDED_DATABASE, _EMBEDDED_SUPERUSER),
+        owner=owner,
+        app_role=app_role,
+        catalog_operators=catalog_operators,
+        echo=echo,
+    )
+    lines = configure_loopback(server, owner=owner, echo=echo)
+    return dataclasses.replace(result, messages=result.messages + lines, loopback_role=embedded.LOOPBACK_ROLE)
+
+
+def configure_loopback(
+    server: EmbeddedServer,
+    *,
+    owner: str,
+    dbname: str = _EMBEDDED_DATABASE,
+    role: str | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> tuple[str, ...]:
+    """Configure ``df.start(..., transaction_mode => 'new')`` on an embedded server where df is installed
+    and owned by `owner`; idempotent. Returns the message lines (also passed to `echo`).
+
+    How the pieces fit. ``df._start_new`` (SECURITY DEFINER, run by any caller) checks that the session
+    user may act as the submitting role, reads the conninfo of the df.settings key `LOOPBACK_SETTING`,
+    and through ``dblink`` opens a second session with it that runs ``df._start_as(role, ...)`` and
+    commits on its own. ``df._start_as`` (SECURITY DEFINER, owned by `owner`) trusts its caller to have
+    done that vetting: whoever may run it can submit workflows on behalf of any LOGIN role. So:
+
+    - **The role.** The loopback logs in as ``pgdurable_loopback`` (`embedded.LOOPBACK_ROLE`), a LOGIN
+      role that is neither superuser nor a member of any role, with exactly USAGE on schema df and
+      EXECUTE on ``df._start_as``: no table, no setting, no runner. Not the owner itself: requiring a
+      password of the owner would break the password-less socket logins of workers, and a membership in
+      the owner would hand over every df table and runner for the sake of one function.
+    - **The password** is random (32 bytes, URL-safe base64) and lives only in the conninfo in
+      df.settings, which row-level security without a policy leaves to the owner (and superusers), so
+      only ``df._start_new`` running as the owner reads it; the server keeps a SCRAM-SHA-256 verifier,
+      computed here, so the plaintext is never sent in a statement. A passfile cannot serve: dblink
+      refuses a non-superuser's connection string without ``password=`` (so that the server's own
+      ``~/.pgpass`` cannot be borrowed), and the backend that would read it runs as the server's system
+      user, not as the owner of the pgdurable home.
+    - **pg_hba.conf** gets ``local all pgdurable_loopback scram-sha-256`` (and the same as a ``host`` line
+      for the Windows server, which listens on 127.0.0.1), above initdb's trust lines. dblink also
+      insists that the server actually asked for the password; and without these lines a trust line
+      would let anyone who reaches the socket log in as the loopback role. The configuration is then
+      reloaded (``pg_reload_conf()``), and this waits until a login as the loopback really uses its
+      password.
+    - **The conninfo** names the socket directory and port (libpq's default socket directory is not this
+      server's), the database, the role and the password.
+
+    A second run keeps the role and the password (it only re-checks the verifier, the grants, the
+    conninfo, which follows the socket and port, and the hba block, never duplicated). If the setting was
+    removed, the role gets a new password.
+    """
+    from pgdurable import embedded
+
+    role = role or embedded.LOOPBACK_ROLE
+    if not _PLAIN_ROLE.fullmatch(role):
+        raise ValueError(f"the loopback role must be a plain lower-case name, got {role!r}")
+    messages: list[str] = []
+
+    def say(line: str) -> None:
+        messages.append(line)
+        if echo is not None:
+            echo(line)
+
+    with psycopg.connect(server.dsn(dbname, _EMBEDDED_SUPERUSER), autocommit=True) as conn:
+        if not _one(conn, "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"):
+            raise MigrationError("configuring the transaction_mode 'new' loopback needs a superuser")
+        with conn.transaction():
+            conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_LOOPBACK))
+            start_as = [
+                str(signature)
+                for (signature,) in conn.execute(
+                    "SELECT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p"
+                    " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+                    " WHERE n.nspname = 'df' AND p.proname = '_start_as'"
+                ).fetchall()
+            ]
+            if not start_as:
+                raise MigrationError("df._start_as is missing: install the df schema first")
+            dblink_schema = _one(
+                conn,
+                "SELECT n.nspname FROM pg_catalog.pg_extension e"
+                " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'dblink'",
+            )
+            if dblink_schema is None:
+                raise MigrationError("transaction_mode 'new' needs the dblink extension, which is not installed")
+            # df._start_new runs as the owner and calls dblink from its schema.
+            conn.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                    sql.Identifier(str(dblink_schema)), sql.Identifier(owner)
+                )
+            )
+
+            old_conninfo = _one(conn, "SELECT value #>> '{}' FROM df.settings WHERE key = %s", (LOOPBACK_SETTING,))
+            password = _password_of(None if old_conninfo is None else str(old_conninfo), role)
+            created = _ensure_role(conn, role)
+            conn.execute(
+                sql.SQL(
+                    "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
+                ).format(sql.Identifier(role))
+            )
+            verifier = _one(conn, "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = %s", (role,))
+            password_set = False
+            if password is None or not _scram_matches(None if verifier is None else str(verifier), password):
+                password = password or secrets.token_urlsafe(32)
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(role), sql.Literal(_scram_verifier(password))
+                    )
+                )
+                password_set = True
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA df TO {}").format(sql.Identifier(role)))
+            for signature in start_as:
+                conn.execute(
+                    sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(signature), sql.Identifier(role))
+                )
+
+            conninfo = make_conninfo(
+                host=server.host,
+                port=str(server.port),
+                dbname=dbname,
+                user=role,
+                password=password,
+                application_name=role,
+                connect_timeout="10",
+            )
+            conninfo_set = conninfo != old_conninfo
+            if conninfo_set:
+                conn.execute(
+                    "INSERT INTO df.settings (key, value, description) VALUES (%s, to_jsonb(%s::text), %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (LOOPBACK_SETTING, conninfo, _LOOPBACK_DESCRIPTION),
+                )
+
+            rules = (f"local   all   {role}   scram-sha-256", f"host    all   {role}   all   scram-sha-256")
+            hba_set = server.set_hba_block(_LOOPBACK_HBA_TAG, rules)
+            if hba_set:
+                errors = conn.execute(
+                    "SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL"
+                ).fetchall()
+                if errors:
+                    raise MigrationError(
+                        f"{server.hba_file} has errors after adding the loopback rules: "
+                        + "; ".join(f"line {line}: {error}" for line, error in errors)
+                    )
+                conn.execute("SELECT pg_catalog.pg_reload_conf()")
+
+    if created:
+        say(f"created role {role} (LOGIN; may only run df._start_as) for df.start(transaction_mode => 'new')")
+    if hba_set:
+        say(f"{server.hba_file}: {role} logs in with its password (scram-sha-256); configuration reloaded")
+    if created or password_set or conninfo_set or hba_set:
+        _await_password_login(conninfo, role)
+        say(f"transaction_mode => 'new' configured: dblink loopback as {role}, conninfo in df.settings")
+    else:
+        say(f"transaction_mode => 'new' is configured (dblink loopback as {role})")
+    return tuple(messages)
+
+
+def _password_of(conninfo: str | None, role: str) -> str | None:
+    """The password of a stored loopback conninfo for `role`, if it is one this module would have chosen
+    (printable ASCII, which SCRAM's SASLprep leaves as it is)."""
+    if not conninfo:
+        return None
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return None
+    password = params.get("password")
+    if params.get("user") != role or not isinstance(password, str) or not password:
+        return None
+    return password if password.isascii() and password.isprintable() else None
+
+
+def _scram_verifier(password: str, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802/7677, as ``\\password`` makes)."""
+    salt = secrets.token_bytes(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _scram_matches(verifier: str | None, password: str) -> bool:
+    match = _SCRAM_VERIFIER.fullmatch(verifier or "")
+    if match is None or verifier is None:
+        return False
+    expected = _scram_verifier(password, base64.b64decode(match[2]), int(match[1]))
+    return hmac.compare_digest(expected, verifier)
+
+
+def _await_password_login(conninfo: str, role: str) -> None:
+    """Wait until a login with `conninfo` succeeds and the server asked for its password, which is what
+    dblink demands of a non-superuser (the postmaster applies a reloaded pg_hba.conf asynchronously)."""
+    deadline = time.monotonic() + _RELOAD_WAIT_SECONDS
+    while True:
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as probe:
+                if probe.pgconn.used_password:
+                    return
+                problem = "the server did not ask for its password (a trust rule still applies)"
+        except psycopg.OperationalError as exc:
+            problem = str(exc).strip()
+        if time.monotonic() > deadline:
+            raise MigrationError(f"the transaction_mode 'new' loopback cannot log in as {role}: {problem}")
+        time.sleep(0.05)
 
 
 def uninstall(dsn: str | None = None, *, echo: Callable[[str], None] | None = None) -> bool:

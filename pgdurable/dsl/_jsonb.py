@@ -42,12 +42,14 @@ def render(value: Any) -> str:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"JSON numbers must be finite, got {value}")
-        return format(value, "f")
+        return format(value.copy_abs() if value.is_zero() else value, "f")  # numeric has no -0
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"JSON numbers must be finite, got {value!r}")
-        return format(Decimal(repr(value)), "f")
+        return render(Decimal(repr(value)))
     if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("strings may not contain NUL (\\u0000)")
         return to_text(value)
     if isinstance(value, Mapping):
         keys = sorted(value, key=_jsonb_key_order)

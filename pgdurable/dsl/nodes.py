@@ -289,9 +289,15 @@ class Break(_Composable):
     result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
 
 
+INT4_MAX: Final = 2**31 - 1
+INT8_MAX: Final = 2**63 - 1
+
+
 def _seconds(_: object, __: attrs.Attribute[Any], value: int) -> None:
     if _int(value, "seconds") < 0:
         raise GraphError(f"df.sleep: seconds must be >= 0, got {value}")
+    if value > INT8_MAX:
+        raise GraphError(f"df.sleep: seconds must be at most {INT8_MAX} (bigint), got {value}")
 
 
 @frozen(cache_hash=True)
@@ -326,6 +332,8 @@ def _signal_name(_: object, __: attrs.Attribute[Any], value: str) -> None:
 def _signal_timeout(_: object, __: attrs.Attribute[Any], value: int | None) -> None:
     if value is not None and _int(value, "timeout_seconds") <= 0:
         raise GraphError(f"df.wait_for_signal: timeout_seconds must be > 0, got {value}")
+    if value is not None and value > INT4_MAX:
+        raise GraphError(f"df.wait_for_signal: timeout_seconds must be at most {INT4_MAX}, got {value}")
 
 
 @frozen(cache_hash=True)
@@ -383,6 +391,8 @@ def _check_http(builder: str, url: str, method: str, timeout_seconds: int, metho
         raise GraphError(f"{builder}: unsupported method '{method}' (expected {expected})")
     if _int(timeout_seconds, "timeout_seconds") <= 0:
         raise GraphError(f"{builder}: timeout_seconds must be > 0, got {timeout_seconds}")
+    if timeout_seconds > INT4_MAX:
+        raise GraphError(f"{builder}: timeout_seconds must be at most {INT4_MAX}, got {timeout_seconds}")
 
 
 def _upper(method: str) -> str:

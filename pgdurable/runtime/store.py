@@ -38,10 +38,12 @@ __all__ = [
     "lock_instance",
     "next_wake",
     "node_rows",
+    "pin_search_path",
     "read_history",
     "read_inbox",
     "register_worker",
     "release",
+    "reset_session",
     "run_step",
     "tasks_of",
     "unregister_worker",
@@ -214,6 +216,21 @@ def extend_leases(conn: Conn, *, worker_id: UUID, tasks: Sequence[Claim], lease_
             "frames": [t.frame for t in tasks],
         },
     )
+
+
+_PIN: Final = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
+_RESET: Final = "RESET ALL"
+
+
+def pin_search_path(conn: Conn) -> None:
+    """After a step ran in this transaction: resolve the store's names and operators only in pg_catalog,
+    whatever `search_path` the step set."""
+    conn.execute(_PIN)
+
+
+def reset_session(conn: Conn) -> None:
+    """Undo what a step set at session level (SET without LOCAL), before the connection runs anything else."""
+    conn.execute(_RESET)
 
 
 def fence(conn: Conn, *, task: Claim, worker_id: UUID) -> bool:

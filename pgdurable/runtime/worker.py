@@ -263,6 +263,7 @@ class Worker:
             with conn.transaction():
                 result = self._executor.run(conn, runner, query)
                 failpoint("after_runner")
+                store.pin_search_path(conn)
                 if not store.fence(conn, task=task, worker_id=self.id):
                     raise _LeaseLost
                 following = self._record(conn, task, context, lambda state, now: [StepSucceeded(now, frame, result)])
@@ -278,6 +279,8 @@ class Worker:
             if error.needs_autocommit:
                 return self._run_autocommit(conn, task, context, frame, query)
             return self._fail(conn, task, context, frame, error)
+        finally:
+            store.reset_session(conn)
 
     def _run_autocommit(
         self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, frame: str, query: str

@@ -150,8 +150,9 @@ BEGIN
 END
 $$;
 
--- transaction_mode => 'new', loopback side: runs in the dblink session as the df owner (EXECUTE is not
--- granted to anyone else) and submits on behalf of p_role, which df._start_new has vetted.
+-- transaction_mode => 'new', loopback side: runs in the dblink session of the loopback role (the only
+-- grantee besides the df owner: pgdurable init grants it to pgdurable_loopback) and submits on behalf of
+-- p_role, which df._start_new has vetted.
 CREATE FUNCTION df._start_as(p_role regrole, p_graph text, p_label text, p_database text) RETURNS text
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -173,6 +174,7 @@ DECLARE
     v_conninfo text;
     v_dblink name;
     v_id text;
+    v_detail text;
 BEGIN
     IF NOT pg_has_role(session_user, p_role, 'MEMBER') THEN
         RAISE EXCEPTION 'df.start: transaction_mode ''new'' can only submit as a role of the session user'
@@ -182,9 +184,9 @@ BEGIN
     IF v_conninfo IS NULL OR v_conninfo = '' THEN
         RAISE EXCEPTION 'df.start: transaction_mode ''new'' is not configured'
             USING ERRCODE = '55000',
-                  HINT = 'Set new_transaction_conninfo in df.settings to a libpq conninfo that logs in to this '
-                         'database as the df owner (with a password unless the owner is a superuser), or start '
-                         'from a separate connection.';
+                  HINT = 'Set new_transaction_conninfo in df.settings to a libpq conninfo, with a password, of a '
+                         'role with EXECUTE on df._start_as (pgdurable init sets up pgdurable_loopback on the '
+                         'embedded default), or start from a separate connection.';
     END IF;
     SELECT n.nspname INTO v_dblink
       FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
@@ -193,12 +195,20 @@ BEGIN
         RAISE EXCEPTION 'df.start: transaction_mode ''new'' needs the dblink extension in this database'
             USING ERRCODE = '55000', HINT = 'CREATE EXTENSION dblink; (as a superuser), then run pgdurable init.';
     END IF;
-    EXECUTE format('SELECT t.id FROM %I.dblink($1, $2) AS t(id text)', v_dblink)
-       INTO v_id
-      USING v_conninfo,
-            format('SET lock_timeout = ''30s''; SET statement_timeout = ''30s''; '
-                   'SELECT df._start_as(%L::regrole, %L, %L, %L)',
-                   p_role::oid::text, p_graph, p_label, p_database);
+    BEGIN
+        EXECUTE format('SELECT t.id FROM %I.dblink($1, $2) AS t(id text)', v_dblink)
+           INTO v_id
+          USING v_conninfo,
+                format('SET lock_timeout = ''30s''; SET statement_timeout = ''30s''; '
+                       'SELECT df._start_as(%L::regrole, %L, %L, %L)',
+                       p_role::oid::text, p_graph, p_label, p_database);
+    EXCEPTION WHEN sqlclient_unable_to_establish_sqlconnection THEN
+        GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL;
+        RAISE EXCEPTION 'df.start: transaction_mode ''new'' could not log in with new_transaction_conninfo: %',
+            SQLERRM
+            USING ERRCODE = '08001', DETAIL = coalesce(v_detail, ''),
+                  HINT = 'Check new_transaction_conninfo in df.settings, or run pgdurable init again.';
+    END;
     RETURN v_id;
 END
 $$;

@@ -5,17 +5,13 @@ for other databases).
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import threading
-from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal
-from typing import Any
-from uuid import UUID
+from typing import Any, Final
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgdurable.errors import PgdurableError
@@ -81,13 +77,12 @@ class SqlExecutor:
         """Run one statement through the runner, inside the caller's transaction; its result envelope."""
         _one_statement(query)
         try:
-            return encode_result(store.run_step(conn, runner=runner, query=query, max_bytes=self.max_result_bytes))
+            raw = store.run_step(conn, runner=runner, query=query, max_bytes=self.max_result_bytes)
         except pg_errors.ActiveSqlTransaction as error:
             raise StepError(str(error), needs_autocommit=True) from error
         except psycopg.Error as error:
             raise _from_database(error) from error
-        except RunnerOutputError as error:
-            raise StepError(f"SQL execution failed: {error}") from error
+        return _encode(raw)
 
     def run_autocommit(self, row: store.InstanceRow, query: str) -> str:
         """Run one statement on its own connection, logged in as the submitter; its result envelope."""
@@ -105,15 +100,58 @@ class SqlExecutor:
             ) from error
         with conn:
             try:
-                conn.execute("SELECT pg_catalog.set_config('pgdurable.in_workflow', 'on', false)")
+                conn.execute(
+                    "SELECT pg_catalog.set_config('pgdurable.in_workflow', 'on', false),"
+                    " pg_catalog.set_config('intervalstyle', 'iso_8601', false)"
+                )
                 cursor = conn.execute(query.encode("utf-8"))
-                if cursor.description is None:
+                if cursor.description is None or cursor.pgresult is None:
                     return '{"rows":[],"row_count":0}'
-                columns = [c.name for c in cursor.description]
-                rows = [{name: _plain(value) for name, value in zip(columns, values, strict=True)} for values in cursor]
+                raw = _as_runner_output(conn, cursor.pgresult, [c.name for c in cursor.description])
             except psycopg.Error as error:
                 raise _from_database(error) from error
-        return json.dumps({"rows": rows, "row_count": len(rows)}, separators=(",", ":"), ensure_ascii=False)
+        return _encode(raw)
+
+
+_TYPES: Final = """
+SELECT pg_catalog.format_type(u.oid, u.mod), b.typname::text
+  FROM unnest(%(oids)s::oid[], %(mods)s::int[]) WITH ORDINALITY AS u(oid, mod, ord)
+  JOIN pg_catalog.pg_type t ON t.oid = u.oid
+  JOIN pg_catalog.pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+ ORDER BY u.ord
+"""
+
+
+def _as_runner_output(conn: psycopg.Connection[Any], result: Any, names: list[str]) -> str:
+    """The lane's rows in the runner's raw format: the text values are cast back to their types and turned
+    into JSON by the server's own row_to_json, so both lanes encode results alike."""
+    width = result.nfields
+    types = conn.execute(
+        _TYPES, {"oids": [result.ftype(i) for i in range(width)], "mods": [result.fmod(i) for i in range(width)]}
+    ).fetchall()
+    rows = [
+        [None if (v := result.get_value(r, c)) is None else bytes(v).decode("utf-8") for c in range(width)]
+        for r in range(result.ntuples)
+    ]
+    columns = sql.SQL(", ").join(
+        sql.SQL("(e.value ->> {})::{} AS {}").format(sql.Literal(i), sql.SQL(type_sql), sql.Identifier(name))
+        for i, ((type_sql, _), name) in enumerate(zip(types, names, strict=True))
+    )
+    query = sql.SQL(
+        "SELECT coalesce(pg_catalog.json_agg(pg_catalog.row_to_json(x) ORDER BY e.ord), '[]')::text"
+        " FROM pg_catalog.json_array_elements(%(rows)s::json) WITH ORDINALITY AS e(value, ord),"
+        " LATERAL (SELECT {}) AS x"
+    ).format(columns)
+    converted = conn.execute(query, {"rows": json.dumps(rows)}).fetchone()
+    encoded_rows = converted[0] if converted else "[]"
+    return '{"types":' + json.dumps([t[1] for t in types]) + ',"rows":' + encoded_rows + "}"
+
+
+def _encode(raw: str) -> str:
+    try:
+        return encode_result(raw)
+    except RunnerOutputError as error:
+        raise StepError(f"SQL execution failed: {error}") from error
 
 
 def _one_statement(query: str) -> None:
@@ -121,30 +159,3 @@ def _one_statement(query: str) -> None:
         check_single_statement(query)
     except MultipleStatementsError as error:
         raise StepError(str(error)) from None
-
-
-def _plain(value: object) -> object:
-    """A value the autocommit lane read, in the result envelope's encoding."""
-    match value:
-        case None | bool() | int() | str():
-            return value
-        case float():
-            return value if math.isfinite(value) else None
-        case Decimal():
-            return str(value)
-        case datetime() if value.tzinfo is not None:
-            return value.astimezone(timezone.utc).isoformat()
-        case datetime() | date() | time():
-            return value.isoformat()
-        case timedelta():
-            return f"P{value.days}DT{value.seconds}S" if value.days else f"PT{value.seconds}S"
-        case bytes() | bytearray() | memoryview():
-            return base64.b64encode(bytes(value)).decode("ascii")
-        case UUID():
-            return str(value)
-        case list() | tuple():
-            return [_plain(item) for item in value]
-        case dict():
-            return value
-        case _:
-            return str(value)
