@@ -36,6 +36,7 @@ from pgdurable.dsl.nodes import (
 from pgdurable.dsl.validate import children
 from pgdurable.errors import PgdurableError
 from pgdurable.runtime.events import (
+    Aborted,
     CancelRequested,
     Event,
     SignalArrived,
@@ -173,6 +174,8 @@ def step(state: State, event: Event) -> Transition:
             fold.signal(name, payload)
         case CancelRequested(reason=reason):
             fold.cancel_instance(reason)
+        case Aborted(reason=reason):
+            fold.abort(reason)
         case _:
             assert_never(event)
     return fold.done()
@@ -629,6 +632,16 @@ class _Fold:
             if key in self.frames:
                 self.cancel_subtree(key)
         self.status, self.output = "cancelled", f"cancelled: {reason}"
+        self.scopes, self.signals = {}, {}
+
+    def abort(self, reason: str) -> None:
+        if self.state.terminal:
+            return
+        for key in list(self.frames):
+            if key in self.frames:
+                self.cancel_subtree(key)
+        self.mark("root", (), "failed", reason)
+        self.status, self.output = "failed", reason
         self.scopes, self.signals = {}, {}
 
     def cancel_subtree(self, key: str, *, loser_of_race: bool = False) -> None:

@@ -14,6 +14,7 @@ from attrs import asdict, frozen
 
 __all__ = [
     "ENGINE_VERSION",
+    "Aborted",
     "CancelRequested",
     "Event",
     "SignalArrived",
@@ -85,10 +86,19 @@ class CancelRequested:
     reason: str
 
 
-Event = Started | StepSucceeded | StepFailed | TimerFired | SignalArrived | CancelRequested
+@frozen
+class Aborted:
+    """The worker refused to go on (the submitter lost LOGIN, became a superuser, ...): the instance fails."""
+
+    at: datetime
+    reason: str
+
+
+Event = Started | StepSucceeded | StepFailed | TimerFired | SignalArrived | CancelRequested | Aborted
 
 _TYPES: Final[dict[str, type[Any]]] = {
-    cls.__name__: cls for cls in (Started, StepSucceeded, StepFailed, TimerFired, SignalArrived, CancelRequested)
+    cls.__name__: cls
+    for cls in (Started, StepSucceeded, StepFailed, TimerFired, SignalArrived, CancelRequested, Aborted)
 }
 
 

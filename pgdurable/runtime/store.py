@@ -58,10 +58,13 @@ DONE_CHANNEL: Final = "df_done"
 
 @frozen
 class Claim:
+    """A leased work item. `refusal` says why its instance may not go on (checked at each claim)."""
+
     instance_id: str
     frame: str
     kind: str
     lease_gen: int
+    refusal: str | None = None
 
 
 @frozen
@@ -179,7 +182,16 @@ UPDATE df.tasks t
        lease_gen = t.lease_gen + 1, claims = t.claims + 1, backend_pid = pg_backend_pid()
   FROM due, async
  WHERE t.instance_id = due.instance_id AND t.frame = due.frame
-RETURNING t.instance_id, t.frame, t.kind, t.lease_gen
+RETURNING t.instance_id, t.frame, t.kind, t.lease_gen, (
+    SELECT CASE
+               WHEN r.oid IS NULL THEN 'the submitting role no longer exists'
+               WHEN NOT r.rolcanlogin THEN format('role "%%s" does not have LOGIN privilege any more', r.rolname)
+               WHEN r.rolsuper AND NOT coalesce((SELECT s.value = 'true' FROM df.settings s
+                                                  WHERE s.key = 'allow_superuser_instances'), false)
+                   THEN format('role "%%s" is a superuser: superuser instances are disabled', r.rolname)
+           END
+      FROM df.instances i LEFT JOIN pg_catalog.pg_roles r ON r.oid = i.submitted_by
+     WHERE i.id = t.instance_id)
 """
 
 _EXTEND: Final = """
@@ -203,7 +215,7 @@ _NEXT_WAKE: Final = "SELECT min(wake_at) FROM df.tasks WHERE lease_expires IS NU
 def claim(conn: Conn, *, worker_id: UUID, limit: int, lease_seconds: float) -> list[Claim]:
     """Lease up to `limit` due work items (skipping those other workers hold)."""
     rows = conn.execute(_CLAIM, {"worker": worker_id, "limit": limit, "lease": lease_seconds}).fetchall()
-    return [Claim(r[0], r[1], r[2], r[3]) for r in rows]
+    return [Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 def extend_leases(conn: Conn, *, worker_id: UUID, tasks: Sequence[Claim], lease_seconds: float) -> None:

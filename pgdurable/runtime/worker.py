@@ -27,6 +27,7 @@ from pgdurable.migrate import check_version
 from pgdurable.runtime import store
 from pgdurable.runtime.engine import NodeUpdate, Transition, begin, decide, execution_stamp, step
 from pgdurable.runtime.events import (
+    Aborted,
     CancelRequested,
     Event,
     SignalArrived,
@@ -221,6 +222,9 @@ class Worker:
         context = self._context(conn, task.instance_id)
         if context is None:
             return None
+        if task.refusal is not None:
+            reason = f"pgdurable worker refused to run instance {task.instance_id}: {task.refusal}"
+            return self._transition(conn, task, context, lambda state, now: [Aborted(now, reason)])
         if task.kind == "sql":
             return self._run_sql(conn, task, context)
         if task.kind in ("http", "http_multipart"):
