@@ -27,6 +27,7 @@ from pgdurable.dsl import (
 )
 from pgdurable.dsl.cron import CronError, check_cron
 from pgdurable.dsl.nodes import HTTP_METHODS, MULTIPART_METHODS
+from pgdurable.dsl.policy import RetryPolicy
 
 __all__ = [
     "cron_exprs",
@@ -255,10 +256,30 @@ def leaves() -> st.SearchStrategy[Node]:
     )
 
 
+def retry_policies() -> st.SearchStrategy[RetryPolicy]:
+    """Valid retry policies (pgdurable's extension key `retry`)."""
+    return st.builds(
+        lambda attempts, backoff, extra, multiplier, jitter, codes: RetryPolicy(
+            attempts, backoff, min(backoff + extra, 86_400_000), multiplier, jitter, codes
+        ),
+        st.integers(1, 100),
+        st.integers(0, 86_400_000),
+        st.integers(0, 1_000_000),
+        st.integers(1, 10),
+        st.integers(0, 100),
+        st.none() | st.lists(st.sampled_from(["40001", "40P01", "08", "57014", "23"]), min_size=1, max_size=3),
+    )
+
+
 @st.composite
 def _named(draw: st.DrawFn, nodes: st.SearchStrategy[Node]) -> Node:
-    """A node from `nodes`, about a quarter of the time with a result name."""
+    """A node from `nodes`, about a quarter of the time with a result name; steps sometimes with a retry
+    policy or a timeout (the extension keys)."""
     node = draw(nodes)
+    if isinstance(node, Step | Http | HttpMultipart) and draw(st.integers(0, 3)) == 0:
+        node = attrs.evolve(
+            node, retry=draw(st.none() | retry_policies()), timeout=draw(st.none() | st.integers(1, INT4_MAX))
+        )
     if draw(st.integers(0, 3)) == 0:
         return attrs.evolve(node, result_name=draw(names()))
     return node

@@ -12,9 +12,11 @@ from pgdurable.dsl.builders import (
     join3,
     loop,
     race,
+    retry,
     seq,
     sleep,
     sql,
+    timeout,
     wait_for_schedule,
     wait_for_signal,
 )
@@ -35,6 +37,7 @@ from pgdurable.dsl.nodes import (
     WaitForSchedule,
     WaitForSignal,
 )
+from pgdurable.dsl.policy import RetryPolicy
 
 __all__ = [
     "Bind",
@@ -46,6 +49,7 @@ __all__ = [
     "Node",
     "Parallel",
     "Race",
+    "RetryPolicy",
     "Sleep",
     "Step",
     "Then",
@@ -61,9 +65,11 @@ __all__ = [
     "join3",
     "loop",
     "race",
+    "retry",
     "seq",
     "sleep",
     "sql",
+    "timeout",
     "to_json",
     "wait_for_schedule",
     "wait_for_signal",

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from pgdurable.dsl._coerce import as_node
 from pgdurable.dsl.nodes import (
     Break,
@@ -25,6 +27,7 @@ from pgdurable.dsl.nodes import (
     WaitForSchedule,
     WaitForSignal,
 )
+from pgdurable.dsl.policy import RetryPolicy
 from pgdurable.errors import GraphError
 
 __all__ = [
@@ -37,9 +40,11 @@ __all__ = [
     "join3",
     "loop",
     "race",
+    "retry",
     "seq",
     "sleep",
     "sql",
+    "timeout",
     "wait_for_schedule",
     "wait_for_signal",
 ]
@@ -180,6 +185,47 @@ def wait_for_signal(name: str, timeout_seconds: int | None = None) -> WaitForSig
     WaitForSignal(signal_name='approval', timeout_seconds=3600, result_name='sig')
     """
     return WaitForSignal(name, timeout_seconds)
+
+
+def retry(
+    node: Operand,
+    max_attempts: int = 3,
+    backoff_ms: int = 1000,
+    max_backoff_ms: int = 60_000,
+    multiplier: int = 2,
+    jitter_pct: int = 20,
+    retry_on: Sequence[str] | None = None,
+) -> Step | Http | HttpMultipart:
+    """Try a SQL or HTTP step again when it fails transiently, like `df.retry(node, ...)` (pgdurable).
+
+    >>> retry("UPDATE t SET n = n + 1", max_attempts=5).retry.max_attempts
+    5
+    """
+    step = _work(as_node(node, where="df.retry"), "df.retry", "retry")
+    try:
+        policy = RetryPolicy(max_attempts, backoff_ms, max_backoff_ms, multiplier, jitter_pct, retry_on)
+    except GraphError as error:
+        raise GraphError(f"df.retry: {error.problem}") from None
+    return attrs.evolve(step, retry=policy)
+
+
+def timeout(node: Operand, seconds: int) -> Step | Http | HttpMultipart:
+    """Limit one SQL or HTTP step to `seconds`, like `df.timeout(node, seconds)` (pgdurable).
+
+    >>> timeout("SELECT pg_sleep(10)", 2).timeout
+    2
+    """
+    step = _work(as_node(node, where="df.timeout"), "df.timeout", "timeout_seconds")
+    try:
+        return attrs.evolve(step, timeout=seconds)
+    except GraphError as error:
+        raise GraphError(f"df.timeout: {error.problem}") from None
+
+
+def _work(node: Node, builder: str, key: str) -> Step | Http | HttpMultipart:
+    if not isinstance(node, Step | Http | HttpMultipart):
+        raise GraphError(f"{builder}: {key} is only allowed on SQL, HTTP and HTTP_MULTIPART nodes")
+    return node
 
 
 def http(

@@ -32,6 +32,7 @@ from pgdurable.dsl.nodes import (
     WaitForSignal,
     check_text,
 )
+from pgdurable.dsl.policy import retry_policy_from_config
 from pgdurable.dsl.validate import COUNT_ERROR, DEPTH_ERROR, MAX_DEPTH, MAX_NODES, check_limits
 from pgdurable.errors import GraphError
 
@@ -52,8 +53,21 @@ NODE_TYPES: Final = (
     "SIGNAL",
 )
 _KEYS: Final = frozenset(
-    {"node_type", "left_node", "right_node", "condition_node", "extra_nodes", "query", "result_name"}
+    {
+        "node_type",
+        "left_node",
+        "right_node",
+        "condition_node",
+        "extra_nodes",
+        "query",
+        "result_name",
+        "retry",
+        "timeout_seconds",
+    }
 )
+# Nodes that do work, and so may carry the extension keys `retry` and `timeout_seconds`.
+_WORK: Final = (Step, Http, HttpMultipart)
+_WORK_TYPES: Final = ("SQL", "HTTP", "HTTP_MULTIPART")
 _s = _jsonb.to_text
 
 
@@ -152,6 +166,10 @@ def _encode(node: Node) -> str:
         out.append(f',"query":{_s(query)}')
     if node.result_name is not None:
         out.append(f',"result_name":{_s(node.result_name)}')
+    if isinstance(node, _WORK) and node.retry is not None:
+        out.append(f',"retry":{node.retry.to_json()}')
+    if isinstance(node, _WORK) and node.timeout is not None:
+        out.append(f',"timeout_seconds":{node.timeout}')
     out.append("}")
     return "".join(out)
 
@@ -239,11 +257,17 @@ class _Decoder:
 
         try:
             node = self._build(kind, value, child, path, depth)
-            return node if result_name is None else attrs.evolve(node, result_name=result_name)
+            extensions = _extensions(value)
+            if result_name is not None or extensions:
+                node = attrs.evolve(node, result_name=result_name, **extensions)
+            return node
         except GraphError as error:
             raise error.at(path) from None
 
     def _check_shape(self, kind: str, value: dict[str, Any], path: str) -> None:
+        for key in ("retry", "timeout_seconds"):
+            if key in value and kind not in _WORK_TYPES:
+                raise GraphError(f"{key} is only allowed on SQL, HTTP and HTTP_MULTIPART nodes", path)
         if "condition_node" in value and kind not in ("IF", "LOOP"):
             raise GraphError("condition_node is only allowed on IF and LOOP nodes", path)
         if "extra_nodes" in value and kind != "JOIN":
@@ -295,6 +319,16 @@ class _Decoder:
             body = child("left_node")
             return Loop(body, child("condition_node") if "condition_node" in value else None)
         return _leaf(kind, query)  # type: ignore[arg-type]
+
+
+def _extensions(value: dict[str, Any]) -> dict[str, Any]:
+    """The extension keys of a node, as constructor arguments (validated by the node classes)."""
+    extensions: dict[str, Any] = {}
+    if "retry" in value:
+        extensions["retry"] = retry_policy_from_config(value["retry"])
+    if "timeout_seconds" in value:
+        extensions["timeout"] = value["timeout_seconds"]
+    return extensions
 
 
 def _leaf(kind: str, query: str) -> Node:

@@ -17,6 +17,7 @@ from typing_extensions import Self
 
 from pgdurable.dsl import _jsonb
 from pgdurable.dsl.cron import CronError, check_cron
+from pgdurable.dsl.policy import RetryPolicy
 from pgdurable.errors import GraphError
 
 __all__ = [
@@ -80,6 +81,16 @@ def check_result_name(name: str) -> str:
 def _result_name(_: object, __: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None:
         check_result_name(value)
+
+
+def _optional_policy(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, RetryPolicy):
+        raise GraphError(f"retry must be a RetryPolicy, got {type(value).__name__}")
+
+
+def _step_timeout(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1):
+        raise GraphError("timeout_seconds must be an integer from 1 to 2147483647")
 
 
 def _node(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -207,10 +218,15 @@ def _combine(op: Literal[">>", "&", "|"], left: object, right: object) -> Any:
 
 @frozen(cache_hash=True)
 class Step(_Composable):
-    """A SQL statement (node type SQL): one statement, run as the submitting role."""
+    """A SQL statement (node type SQL): one statement, run as the submitting role.
+
+    `retry` tries it again on transient errors; `timeout` (seconds) is its `statement_timeout`.
+    """
 
     query: str = field(validator=_text)
     result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
+    retry: RetryPolicy | None = field(default=None, kw_only=True, validator=_optional_policy)
+    timeout: int | None = field(default=None, kw_only=True, validator=_step_timeout)
 
 
 @frozen(cache_hash=True)
@@ -409,6 +425,8 @@ class Http(_Composable):
     headers: str | None = field(default=None, converter=_http_headers)
     timeout_seconds: int = 30
     result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
+    retry: RetryPolicy | None = field(default=None, kw_only=True, validator=_optional_policy)
+    timeout: int | None = field(default=None, kw_only=True, validator=_step_timeout)
 
     def __attrs_post_init__(self) -> None:
         _check_http("df.http", self.url, self.method, self.timeout_seconds, HTTP_METHODS)
@@ -424,6 +442,8 @@ class HttpMultipart(_Composable):
     headers: str | None = field(default=None, converter=_multipart_headers)
     timeout_seconds: int = 30
     result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
+    retry: RetryPolicy | None = field(default=None, kw_only=True, validator=_optional_policy)
+    timeout: int | None = field(default=None, kw_only=True, validator=_step_timeout)
 
     def __attrs_post_init__(self) -> None:
         if not self.parts.startswith("[") or self.parts == "[]":

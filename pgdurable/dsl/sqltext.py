@@ -67,7 +67,7 @@ def to_sql(node: Node) -> str:
     "df.sql('SELECT 1')"
     """
     check_limits(node)
-    if isinstance(node, Step) and node.result_name is None:
+    if isinstance(node, Step) and node.result_name is None and node.retry is None and node.timeout is None:
         return f"df.sql({quote_literal(node.query)})"
     return _render_tree(node)[0]
 
@@ -104,6 +104,8 @@ def _render_tree(root: Node) -> _Text:
 
 def _render(node: Node, rendered: _Rendered) -> _Text:
     text, form = _unnamed(node, rendered)
+    if isinstance(node, Step | Http | HttpMultipart):
+        text, form = _with_extensions(node, text, form)
     if node.result_name is None:
         return text, form
     return f"{text} |=> {quote_literal(node.result_name)}", _Form.BINARY
@@ -160,6 +162,26 @@ def _unnamed(node: Node, rendered: _Rendered) -> _Text:
             return _call("df.http_multipart", *_http_args(url, method, _jsonb(parts), headers, timeout))
         case _:
             assert_never(node)
+
+
+def _with_extensions(node: Step | Http | HttpMultipart, text: str, form: _Form) -> _Text:
+    """Wrap a step in `df.retry(...)` and `df.timeout(...)` (pgdurable's extension builders)."""
+    if node.retry is not None:
+        policy = node.retry
+        args = [
+            text,
+            f"max_attempts => {policy.max_attempts}",
+            f"backoff_ms => {policy.backoff_ms}",
+            f"max_backoff_ms => {policy.max_backoff_ms}",
+            f"multiplier => {policy.multiplier}",
+            f"jitter_pct => {policy.jitter_pct}",
+        ]
+        if policy.retry_on is not None:
+            args.append("retry_on => ARRAY[" + ", ".join(quote_literal(c) for c in policy.retry_on) + "]::text[]")
+        text, form = _call("df.retry", *args)
+    if node.timeout is not None:
+        text, form = _call("df.timeout", text, str(node.timeout))
+    return text, form
 
 
 def _call(function: str, *args: str) -> _Text:

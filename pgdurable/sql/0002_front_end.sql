@@ -351,6 +351,84 @@ $$;
 --     'DFG01' and the message '<path>: <problem>'; df.start and df.explain add their prefixes.
 ------------------------------------------------------------------------------------------------------------
 
+-- pgdurable extension keys (docs/graph-format.md): `retry` and `timeout_seconds`, after result_name, on
+-- SQL, HTTP and HTTP_MULTIPART nodes. Both front ends check them with the same messages.
+CREATE FUNCTION df._retry_error(r jsonb) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    c_keys constant text[] := ARRAY['max_attempts', 'backoff_ms', 'max_backoff_ms', 'multiplier', 'jitter_pct'];
+    c_low constant bigint[] := ARRAY[1, 0, 0, 1, 0];
+    c_high constant bigint[] := ARRAY[100, 86400000, 86400000, 10, 100];
+    v_key text;
+    v_code jsonb;
+BEGIN
+    IF jsonb_typeof(r) IS DISTINCT FROM 'object' THEN
+        RETURN 'invalid retry policy: expected a JSON object';
+    END IF;
+    SELECT k INTO v_key FROM jsonb_object_keys(r) AS k
+     WHERE k <> ALL (c_keys || 'retry_on'::text) ORDER BY k LIMIT 1;
+    IF v_key IS NOT NULL THEN
+        RETURN format('invalid retry policy: unknown key ''%s''', v_key);
+    END IF;
+    SELECT k INTO v_key FROM unnest(c_keys) AS k WHERE NOT r ? k ORDER BY k LIMIT 1;
+    IF v_key IS NOT NULL THEN
+        RETURN format('invalid retry policy: missing key ''%s''', v_key);
+    END IF;
+    FOR i IN 1 .. cardinality(c_keys) LOOP
+        IF NOT df._is_json_integer(r -> c_keys[i]) OR (r ->> c_keys[i])::numeric NOT BETWEEN c_low[i] AND c_high[i] THEN
+            RETURN format('invalid retry policy: %s must be an integer from %s to %s', c_keys[i], c_low[i], c_high[i]);
+        END IF;
+    END LOOP;
+    IF (r ->> 'max_backoff_ms')::bigint < (r ->> 'backoff_ms')::bigint THEN
+        RETURN 'invalid retry policy: max_backoff_ms must be at least backoff_ms';
+    END IF;
+    IF r ? 'retry_on' THEN
+        IF jsonb_typeof(r -> 'retry_on') IS DISTINCT FROM 'array' OR jsonb_array_length(r -> 'retry_on') = 0 THEN
+            RETURN 'invalid retry policy: retry_on must be a non-empty list of SQLSTATE codes or classes';
+        END IF;
+        FOR v_code IN SELECT e FROM jsonb_array_elements(r -> 'retry_on') AS e LOOP
+            IF jsonb_typeof(v_code) <> 'string' OR (v_code #>> '{}') !~ '^[0-9A-Z]{2}([0-9A-Z]{3})?$' THEN
+                RETURN format('invalid retry policy: retry_on entry %s is not a SQLSTATE code (5 characters) or class (2)',
+                              CASE WHEN jsonb_typeof(v_code) = 'string'
+                                   THEN '''' || (v_code #>> '{}') || '''' ELSE v_code::text END);
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION df._extension_error(j jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN j ? 'retry' AND (j ->> 'node_type') NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
+            THEN 'retry is only allowed on SQL, HTTP and HTTP_MULTIPART nodes'
+        WHEN j ? 'timeout_seconds' AND (j ->> 'node_type') NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
+            THEN 'timeout_seconds is only allowed on SQL, HTTP and HTTP_MULTIPART nodes'
+        WHEN j ? 'retry' THEN df._retry_error(j -> 'retry')
+        WHEN j ? 'timeout_seconds' AND (NOT df._is_json_integer(j -> 'timeout_seconds')
+                                        OR (j ->> 'timeout_seconds')::numeric NOT BETWEEN 1 AND 2147483647)
+            THEN 'timeout_seconds must be an integer from 1 to 2147483647'
+    END
+$$;
+
+-- The extension keys of a node in canonical form (',"retry":{...},"timeout_seconds":n'), or ''.
+CREATE FUNCTION df._extension_text(j jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN j ? 'retry' AND jsonb_typeof(j -> 'retry') = 'object' THEN
+               ',"retry":{"max_attempts":' || (j #>> '{retry,max_attempts}')
+               || ',"backoff_ms":' || (j #>> '{retry,backoff_ms}')
+               || ',"max_backoff_ms":' || (j #>> '{retry,max_backoff_ms}')
+               || ',"multiplier":' || (j #>> '{retry,multiplier}')
+               || ',"jitter_pct":' || (j #>> '{retry,jitter_pct}')
+               || coalesce(',"retry_on":' || df._jsonb_compact(j #> '{retry,retry_on}'), '') || '}'
+           ELSE '' END
+        || coalesce(',"timeout_seconds":' || (j ->> 'timeout_seconds'), '')
+$$;
+
 CREATE TYPE df._graph AS (
     types   text[],
     queries text[],
@@ -358,7 +436,8 @@ CREATE TYPE df._graph AS (
     lefts   integer[],
     rights  integer[],
     conds   integer[],
-    extras  text[]      -- comma-separated child positions, in order
+    extras  text[],     -- comma-separated child positions, in order
+    exts    text[]      -- the canonical extension keys (df._extension_text), '' when none
 );
 
 -- The problem of one node under full validation, or NULL (children are checked when visited). Keys count
@@ -368,7 +447,7 @@ CREATE FUNCTION df._node_error(j jsonb) RETURNS text
 AS $$
 DECLARE
     c_keys constant text[] := ARRAY['node_type', 'left_node', 'right_node', 'condition_node', 'extra_nodes',
-                                    'query', 'result_name'];
+                                    'query', 'result_name', 'retry', 'timeout_seconds'];
     v_type text;
     v_key text;
 BEGIN
@@ -389,6 +468,8 @@ BEGIN
         RETURN 'condition_node is only allowed on IF and LOOP nodes';
     ELSIF j ? 'extra_nodes' AND v_type <> 'JOIN' THEN
         RETURN 'extra_nodes is only allowed on JOIN nodes';
+    ELSIF (j ? 'retry' OR j ? 'timeout_seconds') AND v_type NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART') THEN
+        RETURN df._extension_error(j);
     END IF;
     IF v_type IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
         IF j ? 'left_node' THEN
@@ -421,7 +502,7 @@ BEGIN
     ELSIF v_type IN ('THEN', 'JOIN', 'RACE', 'LOOP') OR (v_type = 'IF' AND NOT j ? 'query') THEN
         RETURN NULL;
     END IF;
-    RETURN df._config_error(v_type, j ->> 'query');
+    RETURN coalesce(df._config_error(v_type, j ->> 'query'), df._extension_error(j));
 END
 $$;
 
@@ -464,7 +545,7 @@ DECLARE
     v_count integer;
     r df._graph;
 BEGIN
-    r := ROW('{}', '{}', '{}', '{}', '{}', '{}', '{}');
+    r := ROW('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}');
     WHILE sp > 0 LOOP
         j := st_node[sp];
         v_path := st_path[sp];
@@ -503,6 +584,7 @@ BEGIN
         r.types[n] := j ->> 'node_type';
         r.queries[n] := j ->> 'query';
         r.names[n] := j ->> 'result_name';
+        r.exts[n] := df._extension_text(j);
         -- push the children in reverse visiting order
         IF jsonb_typeof(j -> 'extra_nodes') = 'array' THEN
             v_count := jsonb_array_length(j -> 'extra_nodes');
@@ -550,6 +632,9 @@ BEGIN
         END IF;
         v_texts[i] := df._node(g.types[i], v_texts[g.lefts[i]], v_texts[g.rights[i]], v_texts[g.conds[i]],
                                v_extras, g.queries[i], g.names[i]);
+        IF coalesce(g.exts[i], '') <> '' THEN  -- extension keys come after result_name
+            v_texts[i] := left(v_texts[i], -1) || g.exts[i] || '}';
+        END IF;
         -- children are embedded now; release their text
         IF g.lefts[i] IS NOT NULL THEN v_texts[g.lefts[i]] := NULL; END IF;
         IF g.rights[i] IS NOT NULL THEN v_texts[g.rights[i]] := NULL; END IF;
@@ -640,20 +725,13 @@ AS $$ SELECT df._node('THEN', df._ensure(a), df._ensure(b), NULL, NULL, NULL, NU
 CREATE FUNCTION df."as"(fut text, name text) RETURNS text
     LANGUAGE plpgsql STRICT
 AS $$
-DECLARE
-    v_node text;
-    v_old text;
 BEGIN
     IF NOT df._is_identifier(name) THEN
         RAISE EXCEPTION 'df.as: result name ''%'' is not a valid identifier (must match ^[A-Za-z_][A-Za-z0-9_]*$)',
             name USING ERRCODE = '22023';
     END IF;
-    v_node := df._ensure(fut);
-    v_old := (v_node::jsonb) ->> 'result_name';
-    -- result_name is the last key of a canonical node
-    v_node := left(v_node, length(v_node) - 1
-                           - coalesce(length(',"result_name":' || to_json(v_old)::text), 0));
-    RETURN v_node || ',"result_name":' || to_json(name)::text || '}';
+    -- re-rendered, so that result_name lands before any extension keys
+    RETURN df._render(df._walk(jsonb_set(df._ensure(fut)::jsonb, '{result_name}', to_jsonb(name)), false));
 END
 $$;
 
@@ -867,3 +945,38 @@ CREATE OPERATOR df.| (LEFTARG = text, RIGHTARG = text, FUNCTION = df.race);
 CREATE OPERATOR df.?> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_then_op);
 CREATE OPERATOR df.!> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_else_op);
 CREATE OPERATOR df.@> (RIGHTARG = text, FUNCTION = df.loop_prefix_op);
+
+-- pgdurable extensions (design §1): wrapper builders that set a step's retry policy or timeout.
+CREATE FUNCTION df.retry(node text, max_attempts integer DEFAULT 3, backoff_ms integer DEFAULT 1000,
+                         max_backoff_ms integer DEFAULT 60000, multiplier integer DEFAULT 2,
+                         jitter_pct integer DEFAULT 20, retry_on text[] DEFAULT NULL) RETURNS text
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_node jsonb := df._ensure(node)::jsonb;
+    v_error text;
+BEGIN
+    v_node := jsonb_set(v_node, '{retry}', jsonb_strip_nulls(jsonb_build_object(
+        'max_attempts', max_attempts, 'backoff_ms', backoff_ms, 'max_backoff_ms', max_backoff_ms,
+        'multiplier', multiplier, 'jitter_pct', jitter_pct, 'retry_on', to_jsonb(retry_on))));
+    v_error := df._extension_error(v_node);
+    IF v_error IS NOT NULL THEN
+        RAISE EXCEPTION 'df.retry: %', v_error USING ERRCODE = '22023';
+    END IF;
+    RETURN df._render(df._walk(v_node, false));
+END
+$$;
+
+CREATE FUNCTION df.timeout(node text, seconds integer) RETURNS text
+    LANGUAGE plpgsql STRICT
+AS $$
+DECLARE
+    v_node constant jsonb := jsonb_set(df._ensure(node)::jsonb, '{timeout_seconds}', to_jsonb(seconds));
+    v_error constant text := df._extension_error(v_node);
+BEGIN
+    IF v_error IS NOT NULL THEN
+        RAISE EXCEPTION 'df.timeout: %', v_error USING ERRCODE = '22023';
+    END IF;
+    RETURN df._render(df._walk(v_node, false));
+END
+$$;

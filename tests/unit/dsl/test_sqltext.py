@@ -39,6 +39,7 @@ from pgdurable.dsl import (
     wait_for_signal,
 )
 from pgdurable.dsl.nodes import NODE_CLASSES
+from pgdurable.dsl.policy import RetryPolicy
 from pgdurable.dsl.sqltext import quote_literal, to_sql
 from pgdurable.dsl.validate import children
 from tests.strategies import graphs
@@ -253,7 +254,8 @@ def _strings(node: Node) -> Iterator[str]:
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<string>'(?:[^']|'')*')
-      | (?P<cast>::jsonb)
+      | (?P<cast>::jsonb|::text\[\])
+      | (?P<keyword>[a-z_]+\s*=>)
       | (?P<name>df\.[a-z_0-9]+|NULL|VARIADIC|ARRAY)
       | (?P<number>[0-9]+)
       | (?P<punct>[()\[\],])
@@ -327,6 +329,11 @@ class _Parser:
             return text
         if kind == "number":
             return int(value)
+        if value == "ARRAY":
+            self.take("[")
+            array = self.items("]")
+            self.take("::text[]")
+            return array
         if value == "NULL":
             return None
         if value == "(":
@@ -349,12 +356,19 @@ class _Parser:
         return _call(value[3:], args)
 
     def items(self, closing: str) -> list[Any]:
-        """Comma-separated expressions up to and including `closing`."""
-        items = [self.expression()]
+        """Comma-separated expressions (or `name => expression` arguments) up to and including `closing`."""
+        items = [self.item()]
         while (separator := self.take()[1]) == ",":
-            items.append(self.expression())
+            items.append(self.item())
         assert separator == closing, f"expected {closing!r}, got {separator!r}"
         return items
+
+    def item(self) -> Any:
+        token = self.peek()
+        if token is not None and token[0] == "keyword":
+            self.take()
+            return (token[1].removesuffix("=>").strip(), self.expression())
+        return self.expression()
 
 
 def _evaluate(text: str) -> Node:
@@ -396,6 +410,12 @@ def _call(function: str, args: list[Any]) -> Node:
     match function, args:
         case "sql", [str(query)]:
             return Step(query)
+        case "retry", [node, *named]:
+            options = dict(named)
+            codes = options.pop("retry_on", None)
+            return attrs.evolve(_ensure(node), retry=RetryPolicy(**options, retry_on=codes))
+        case "timeout", [node, int(seconds)]:
+            return attrs.evolve(_ensure(node), timeout=seconds)
         case "join3", [a, b, c]:
             return Parallel((_ensure(a), _ensure(b), _ensure(c)))
         case "join_all", [list(branches)]:
