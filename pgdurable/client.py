@@ -75,6 +75,12 @@ class Instance:
     def cancel(self, reason: str = "Cancelled by user") -> str:
         return self.client.cancel(self.id, reason)
 
+    def error(self) -> dict[str, Any] | None:
+        return self.client.error(self.id)
+
+    def delete(self) -> bool:
+        return self.client.delete(self.id)
+
 
 class Client:
     """Talks to one database's df schema as one role.
@@ -108,12 +114,16 @@ class Client:
         database: str | None = None,
         vars: Mapping[str, str] | None = None,
         conn: psycopg.Connection[Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> Instance:
         """Start a workflow: a graph object, or SQL DSL text (`'SELECT 1' ~> 'SELECT 2'`) or plain SQL.
 
         With `conn=`, the start joins that connection's transaction: it happens only if the caller commits.
+        With `idempotency_key=`, a start with a key this role already used returns that instance (even when
+        the two starts race), and raises `psycopg.errors.UniqueViolation` if its graph differs; deleting the
+        instance releases the key.
         """
-        options: dict[str, Any] = {"label": label, "database": database}
+        options: dict[str, Any] = {"label": label, "database": database, "idempotency_key": idempotency_key}
         if vars:
             options["vars"] = dict(vars)
         options = {k: v for k, v in options.items() if v is not None}
@@ -140,6 +150,12 @@ class Client:
         """The root node's result (parsed JSON) once completed; None before, or if it failed."""
         value = self._one("SELECT df.result(%(id)s)", {"id": instance_id})
         return None if value is None else json.loads(value)
+
+    def error(self, instance_id: str) -> dict[str, Any] | None:
+        """The structured failure of the instance's failing step (`df.error`): ``sqlstate``, ``message``,
+        ``detail``, ``hint``, ``node`` (its graph path) and ``attempt``; None if there is none."""
+        value = self._one("SELECT df.error(%(id)s)", {"id": instance_id})
+        return None if value is None else dict(value)
 
     def output(self, instance_id: str) -> str | None:
         """The result text, the error text, or `cancelled: <reason>`, as df.instance_info reports it."""
@@ -198,6 +214,23 @@ class Client:
 
     def cancel(self, instance_id: str, reason: str = "Cancelled by user") -> str:
         return str(self._one("SELECT df.cancel(%(id)s, %(reason)s)", {"id": instance_id, "reason": reason}))
+
+    def cancel_all(
+        self, *, label: str | None = None, status: str | None = None, reason: str = "Cancelled by user"
+    ) -> int:
+        """Cancel this role's pending or running instances with this label and/or status (`df.cancel_all`; at
+        least one filter); how many were cancelled."""
+        return int(
+            self._one(
+                "SELECT df.cancel_all(%(label)s, %(status)s, %(reason)s)",
+                {"label": label, "status": status, "reason": reason},
+            )
+        )
+
+    def delete(self, instance_id: str) -> bool:
+        """Delete a completed, failed or cancelled instance with its nodes and history (`df.delete_instance`);
+        False if no such instance is visible to this role. A pending or running one is refused (an error)."""
+        return bool(self._one("SELECT df.delete_instance(%(id)s)", {"id": instance_id}))
 
 
 def _start_text(text: str) -> sql.Composable:

@@ -93,8 +93,9 @@ class RetryPolicy:
 
     def delay_ms(self, attempt: int, jitter: float) -> int:
         """The wait after failed attempt `attempt` (1-based); `jitter` in [-1, 1) scales the jitter."""
-        base = min(self.max_backoff_ms, self.backoff_ms * self.multiplier ** (attempt - 1))
-        return max(0, int(round(base * (1 + jitter * self.jitter_pct / 100))))
+        growth: int = self.multiplier ** (attempt - 1)
+        base = min(self.max_backoff_ms, self.backoff_ms * growth)
+        return max(0, round(base * (1 + jitter * self.jitter_pct / 100)))
 
 
 def retry_policy_from_config(config: object) -> RetryPolicy:
