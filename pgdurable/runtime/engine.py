@@ -7,6 +7,7 @@ where workflow semantics live (reference §5 and §6, with design §2's differen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -76,6 +77,7 @@ __all__ = [
     "idempotency_key",
     "replay",
     "step",
+    "step_timeout",
 ]
 
 StepKind = Literal["sql", "http", "http_multipart"]
@@ -103,6 +105,7 @@ class NodeUpdate:
     status: Literal["pending", "running", "completed", "failed"]
     result: str | None
     iterations: tuple[int, ...]  # of the enclosing loops, outermost first; a loop's own marks add its own
+    error: str | None = None  # a failed step's structured error (JSON), for df.nodes.error
 
 
 @frozen
@@ -166,8 +169,8 @@ def step(state: State, event: Event) -> Transition:
             raise NondeterminismError(f"instance {state.instance_id} has already started")
         case StepSucceeded(frame=key, result=result):
             fold.finish(fold.live_leaf(key), Outcome("completed", result))
-        case StepFailed(frame=key, error=error):
-            fold.finish(fold.live_leaf(key), Outcome("failed", error))
+        case StepFailed(frame=key, error=error, detail=detail):
+            fold.step_failed(fold.live_leaf(key), error, detail or {})
         case TimerFired(frame=key):
             fold.timer_fired(key)
         case SignalArrived(name=name, payload=payload):
@@ -204,7 +207,7 @@ def decide(graph: Node, state: State) -> Decision:
     signals: set[str] = set()
     for frame in state.frames.values():
         if isinstance(frame, Leaf):
-            if frame.payload is not None and frame.kind in ("sql", "http", "http_multipart"):
+            if frame.payload is not None and frame.wake_at is None and frame.kind in ("sql", "http", "http_multipart"):
                 steps.append(RunStep(frame.key, frame.kind, frame.payload, idempotency_key(state, frame.key)))
             if frame.signal is not None:
                 signals.add(frame.signal)
@@ -457,7 +460,8 @@ class _Fold:
             raise NondeterminismError(f"instance {self.state.instance_id}: no live step {key}")
         return key
 
-    def finish(self, key: str, outcome: Outcome) -> None:
+    def finish(self, key: str, outcome: Outcome, *, structured: str | None = None) -> None:
+        """End a frame with `outcome` and tell its parent; `structured` is a failed step's error record."""
         frame = self.frames.pop(key)
         self.finished.append(key)
         path, iterations = split_key(key)
@@ -465,7 +469,9 @@ class _Fold:
         if isinstance(frame, LoopFrame):  # a loop's own marks carry its current iteration
             iterations = (*iterations, frame.iteration)
         if outcome.kind == "failed":
-            self.mark(path, iterations, "failed", outcome.value)
+            if structured is None and isinstance(frame, Leaf):  # a step that failed before it ran
+                structured = _error_record(path, outcome.value, {}, frame.attempt)
+            self.mark(path, iterations, "failed", outcome.value, structured)
         else:
             self.mark(path, iterations, "completed", outcome.value)
         if outcome.kind == "completed" and node.result_name is not None and not isinstance(node, _UNBOUND):
@@ -598,6 +604,11 @@ class _Fold:
         frame = self.frames.get(key)
         if self.state.terminal or frame is None or getattr(frame, "wake_at", None) is None:
             raise NondeterminismError(f"instance {self.state.instance_id}: no live timer {key}")
+        if isinstance(frame, Leaf) and frame.payload is not None:  # a retry's backoff is over: run it again
+            self.frames[key] = evolve(frame, wake_at=None, attempt=frame.attempt + 1)
+            self.finished.append(key)
+            self.started.append(key)
+            return
         if isinstance(frame, LoopFrame):
             self.finished.append(key)
             self.begin_iteration(frame)
@@ -688,8 +699,25 @@ class _Fold:
             return
         self.scopes[target] = {**self.scopes[target], **self.scopes.pop(source)}
 
-    def mark(self, path: str, iterations: tuple[int, ...], status: Any, result: str | None = None) -> None:
-        self.updates.append(NodeUpdate(path, status, result, iterations))
+    def mark(
+        self, path: str, iterations: tuple[int, ...], status: Any, result: str | None = None, error: str | None = None
+    ) -> None:
+        self.updates.append(NodeUpdate(path, status, result, iterations, error))
+
+    # -- failures and retries -----------------------------------------------------------------------
+
+    def step_failed(self, key: str, error: str, detail: dict[str, Any]) -> None:
+        """A step failed: wait and run it again if its retry policy says so, else fail it for good."""
+        leaf = cast(Leaf, self.frames[key])  # live_leaf checked it
+        path = split_key(key)[0]
+        node = self.index.nodes[path]
+        policy = node.retry if isinstance(node, Step | Http | HttpMultipart) else None
+        if policy is not None and leaf.attempt < policy.max_attempts and policy.retries(detail.get("sqlstate")):
+            delay = policy.delay_ms(leaf.attempt, _jitter(self.state.instance_id, key, leaf.attempt))
+            self.frames[key] = evolve(leaf, wake_at=self.at + timedelta(milliseconds=delay))
+            self.started.append(key)
+            return
+        self.finish(key, Outcome("failed", error), structured=_error_record(path, error, detail, leaf.attempt))
 
 
 def _branch_index(parent_key: str, child_key: str) -> int:
@@ -708,6 +736,31 @@ def _owned_scopes(frame: Frame) -> Iterable[str]:
     if isinstance(frame, LoopFrame) and frame.body_scope != frame.scope:
         return (frame.body_scope,)
     return ()
+
+
+def _error_record(path: str, error: str, detail: dict[str, Any], attempt: int) -> str:
+    """The structured failure kept in df.nodes.error (and returned by df.error)."""
+    record = {
+        "sqlstate": detail.get("sqlstate"),
+        "message": detail.get("message") or error,
+        "detail": detail.get("detail"),
+        "hint": detail.get("hint"),
+        "node": path,
+        "attempt": attempt,
+    }
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def _jitter(instance_id: str, key: str, attempt: int) -> float:
+    """A deterministic number in [-1, 1) for a retry's jitter: replay must compute the same wait."""
+    digest = hashlib.sha256(f"{instance_id}:{key}:{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**63 - 1
+
+
+def step_timeout(graph: Node, key: str) -> int | None:
+    """The `timeout_seconds` of the step a frame runs, if it has one."""
+    node = _index(graph).nodes.get(split_key(key)[0])
+    return node.timeout if isinstance(node, Step | Http | HttpMultipart) else None
 
 
 def _without(signals: dict[str, tuple[str, ...]], name: str) -> dict[str, tuple[str, ...]]:

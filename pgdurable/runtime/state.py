@@ -61,6 +61,7 @@ class Leaf:
     payload: str | None = None  # the rendered SQL text, or the rendered HTTP request as JSON
     wake_at: datetime | None = None
     signal: str | None = None
+    attempt: int = 1  # of a step that a retry policy runs again
 
 
 @frozen

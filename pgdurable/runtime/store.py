@@ -65,6 +65,7 @@ class Claim:
     kind: str
     lease_gen: int
     refusal: str | None = None
+    claims: int = 1  # how often it was claimed: more than once means its earlier holders died
 
 
 @frozen
@@ -117,6 +118,7 @@ class NodeWrite:
     status: str
     result: str | None
     stamp: str
+    error: str | None = None
 
 
 @frozen
@@ -182,7 +184,7 @@ UPDATE df.tasks t
        lease_gen = t.lease_gen + 1, claims = t.claims + 1, backend_pid = pg_backend_pid()
   FROM due, async
  WHERE t.instance_id = due.instance_id AND t.frame = due.frame
-RETURNING t.instance_id, t.frame, t.kind, t.lease_gen, (
+RETURNING t.instance_id, t.frame, t.kind, t.lease_gen, t.claims, (
     SELECT CASE
                WHEN r.oid IS NULL THEN 'the submitting role no longer exists'
                WHEN NOT r.rolcanlogin THEN format('role "%%s" does not have LOGIN privilege any more', r.rolname)
@@ -215,7 +217,7 @@ _NEXT_WAKE: Final = "SELECT min(wake_at) FROM df.tasks WHERE lease_expires IS NU
 def claim(conn: Conn, *, worker_id: UUID, limit: int, lease_seconds: float) -> list[Claim]:
     """Lease up to `limit` due work items (skipping those other workers hold)."""
     rows = conn.execute(_CLAIM, {"worker": worker_id, "limit": limit, "lease": lease_seconds}).fetchall()
-    return [Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    return [Claim(r[0], r[1], r[2], r[3], refusal=r[5], claims=r[4]) for r in rows]
 
 
 def extend_leases(conn: Conn, *, worker_id: UUID, tasks: Sequence[Claim], lease_seconds: float) -> None:
@@ -327,8 +329,16 @@ def find_runner(conn: Conn, *, role_oid: int) -> Runner | None:
     return Runner(role_oid, row[0]) if row else None
 
 
-def run_step(conn: Conn, *, runner: Runner, query: str, max_bytes: int) -> str:
-    """Run one SQL step through its submitter's runner; the raw rows JSON (see runtime.results)."""
+_STEP_TIMEOUT: Final = "SELECT pg_catalog.set_config('statement_timeout', %(ms)s, true)"
+
+
+def run_step(conn: Conn, *, runner: Runner, query: str, max_bytes: int, timeout_seconds: int | None = None) -> str:
+    """Run one SQL step through its submitter's runner; the raw rows JSON (see runtime.results).
+
+    A `timeout_seconds` becomes the step's `statement_timeout` (a role-level setting of the submitter,
+    which the runner applies, takes precedence)."""
+    if timeout_seconds is not None:
+        conn.execute(_STEP_TIMEOUT, {"ms": str(timeout_seconds * 1000)})
     statement = sql.SQL("SELECT df_exec.{}(%(query)s, %(max)s)").format(sql.Identifier(runner.name))
     row = conn.execute(statement, {"query": query, "max": max_bytes}).fetchone()
     return str(row[0]) if row else '{"types":null,"rows":[]}'
@@ -374,10 +384,11 @@ _NODE_UPDATES: Final = """
 UPDATE df.nodes n
    SET status = u.status,
        result = CASE WHEN u.status IN ('completed', 'failed') THEN u.result::jsonb END,
+       error = CASE WHEN u.status = 'failed' THEN coalesce(u.error, n.error) END,
        status_details = jsonb_build_object('execution_id', u.stamp),
        updated_at = now()
-  FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(stamps)s::text[])
-       AS u(id, status, result, stamp)
+  FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(stamps)s::text[], %(errors)s::text[])
+       AS u(id, status, result, stamp, error)
  WHERE n.instance_id = %(instance)s AND n.id = u.id
 """
 # Work items of finished frames go; those another worker holds locked are left to it (it will find its
@@ -441,6 +452,7 @@ def write(conn: Conn, *, transition: Write, worker_id: UUID, lease_seconds: floa
                 "statuses": [u.status for u in latest.values()],
                 "results": [_stored_result(u.status, u.result) for u in latest.values()],
                 "stamps": [u.stamp for u in latest.values()],
+                "errors": [u.error for u in latest.values()],
             },
         )
     if t.finished:

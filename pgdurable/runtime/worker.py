@@ -25,7 +25,7 @@ from pgdurable.dsl.codec import from_json
 from pgdurable.dsl.nodes import Node
 from pgdurable.migrate import check_version
 from pgdurable.runtime import store
-from pgdurable.runtime.engine import NodeUpdate, Transition, begin, decide, execution_stamp, step
+from pgdurable.runtime.engine import NodeUpdate, Transition, begin, decide, execution_stamp, step, step_timeout
 from pgdurable.runtime.events import (
     Aborted,
     CancelRequested,
@@ -55,7 +55,8 @@ class WorkerConfig:
     concurrency: int = 4
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
-    max_result_bytes: int = 16 * 1024 * 1024
+    max_result_bytes: int = 16 * 1024 * 1024  # unless df.settings sets max_result_bytes
+    poison_claims: int = 5  # unless df.settings sets poison_claims: a step claimed more often fails
     idle_in_transaction_timeout_ms: int = 60_000
 
 
@@ -225,6 +226,10 @@ class Worker:
         if task.refusal is not None:
             reason = f"pgdurable worker refused to run instance {task.instance_id}: {task.refusal}"
             return self._transition(conn, task, context, lambda state, now: [Aborted(now, reason)])
+        poison_limit = int(self._settings.get("poison_claims") or self.config.poison_claims)
+        if task.kind == "sql" and task.claims > poison_limit:
+            crashed = StepError(f"worker crashed {task.claims - 1} times on node {task.frame.partition('#')[0]}")
+            return self._fail(conn, task, context, task.frame, crashed)
         if task.kind == "sql":
             return self._run_sql(conn, task, context)
         if task.kind in ("http", "http_multipart"):
@@ -265,7 +270,13 @@ class Worker:
                 raise StepError("use the autocommit lane", needs_autocommit=True)
             runner = self._executor.runner(conn, context.row)
             with conn.transaction():
-                result = self._executor.run(conn, runner, query)
+                result = self._executor.run(
+                    conn,
+                    runner,
+                    query,
+                    timeout_seconds=step_timeout(context.graph, frame),
+                    max_bytes=int(self._settings.get("max_result_bytes") or self.config.max_result_bytes),
+                )
                 failpoint("after_runner")
                 store.pin_search_path(conn)
                 if not store.fence(conn, task=task, worker_id=self.id):
@@ -442,7 +453,7 @@ class Worker:
     @staticmethod
     def _node_write(context: _Context, update: NodeUpdate) -> store.NodeWrite:
         stamp = execution_stamp(context.graph, context.row.id, context.node_ids, update)
-        return store.NodeWrite(context.node_ids[update.path], update.status, update.result, stamp)
+        return store.NodeWrite(context.node_ids[update.path], update.status, update.result, stamp, update.error)
 
     def _drop(self, conn: psycopg.Connection[Any], task: store.Claim) -> None:
         """Remove a work item whose frame is no longer live (a RACE loser, a cancelled instance)."""

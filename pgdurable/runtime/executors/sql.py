@@ -73,11 +73,25 @@ class SqlExecutor:
             self._runners[row.submitter_oid] = runner
         return runner
 
-    def run(self, conn: psycopg.Connection[Any], runner: store.Runner, query: str) -> str:
+    def run(
+        self,
+        conn: psycopg.Connection[Any],
+        runner: store.Runner,
+        query: str,
+        *,
+        timeout_seconds: int | None = None,
+        max_bytes: int | None = None,
+    ) -> str:
         """Run one statement through the runner, inside the caller's transaction; its result envelope."""
         _one_statement(query)
         try:
-            raw = store.run_step(conn, runner=runner, query=query, max_bytes=self.max_result_bytes)
+            raw = store.run_step(
+                conn,
+                runner=runner,
+                query=query,
+                max_bytes=max_bytes or self.max_result_bytes,
+                timeout_seconds=timeout_seconds,
+            )
         except pg_errors.ActiveSqlTransaction as error:
             raise StepError(str(error), needs_autocommit=True) from error
         except psycopg.Error as error:

@@ -17,6 +17,7 @@ from pgdurable import (
     join,
     loop,
     race,
+    retry,
     sleep,
     wait_for_schedule,
     wait_for_signal,
@@ -259,3 +260,70 @@ def test_replaying_history_reproduces_the_checkpoint(graph: object, choices: lis
     assert replayed.to_checkpoint() == sim.state.to_checkpoint()
     stored = json.loads(json.dumps(sim.state.to_checkpoint()))
     assert State.from_checkpoint(sim.graph, stored).to_checkpoint() == sim.state.to_checkpoint()
+
+
+class Flaky:
+    """Fails with `sqlstate` the first `failures` times, then answers."""
+
+    def __init__(self, failures: int, sqlstate: str) -> None:
+        self.failures, self.sqlstate, self.calls = failures, sqlstate, 0
+
+    def __call__(self, query: str) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StepFailure(self.sqlstate)
+        return rows({"ok": True})
+
+
+def run_flaky(graph: Step, answer: Flaky) -> Simulation:
+    """Like Simulation.run, but failures carry a SQLSTATE in their detail (as the worker records them)."""
+    from pgdurable.runtime.events import StepFailed, TimerFired
+
+    sim = Simulation(graph, answer)
+    while not sim.state.terminal:
+        decision = decide(sim.graph, sim.state)
+        if decision.steps:
+            chosen = decision.steps[0]
+            try:
+                sim.feed(StepSucceeded(sim.now, chosen.frame, answer(chosen.payload)))
+            except StepFailure as failure:
+                detail = {"sqlstate": str(failure), "message": "could not serialize access"}
+                sim.feed(StepFailed(sim.now, chosen.frame, "SQL execution failed: boom", detail))
+        else:
+            timer = min(decision.timers, key=lambda t: t.wake_at)
+            sim.now = max(sim.now, timer.wake_at)
+            sim.feed(TimerFired(sim.now, timer.frame))
+    return sim
+
+
+def test_a_retry_policy_runs_a_transient_failure_again_after_a_durable_backoff() -> None:
+    sim = run_flaky(retry("UPDATE t SET n = n + 1", max_attempts=3, backoff_ms=1000, jitter_pct=0), Flaky(2, "40001"))
+    assert sim.state.status == "completed"
+    assert sim.now - T0 == timedelta(seconds=3)  # waits of 1 s, then 2 s
+    assert sim.replayed().to_checkpoint() == sim.state.to_checkpoint()
+
+
+def test_errors_a_policy_does_not_name_fail_at_once() -> None:
+    sim = run_flaky(retry("INSERT INTO t VALUES (1)", max_attempts=5), Flaky(1, "23505"))
+    assert sim.state.status == "failed" and sim.now == T0
+    error = json.loads(sim.final("root").error or "")  # type: ignore[union-attr]
+    assert error == {
+        "sqlstate": "23505",
+        "message": "could not serialize access",
+        "detail": None,
+        "hint": None,
+        "node": "root",
+        "attempt": 1,
+    }
+
+
+def test_attempts_are_bounded_and_the_last_error_is_recorded() -> None:
+    sim = run_flaky(retry("SELECT 1", max_attempts=2, retry_on=["40"]), Flaky(5, "40P01"))
+    assert sim.state.status == "failed"
+    assert json.loads(sim.final("root").error or "")["attempt"] == 2  # type: ignore[union-attr]
+
+
+def test_retry_waits_are_deterministic_with_jitter() -> None:
+    first = run_flaky(retry("SELECT 1", max_attempts=4), Flaky(3, "40001"))
+    second = run_flaky(retry("SELECT 1", max_attempts=4), Flaky(3, "40001"))
+    assert first.now == second.now != T0
