@@ -8,6 +8,7 @@ from pgdurable.client import Client, Instance, InstanceNotFound, WaitTimeout
 from pgdurable.dsl import (
     Bind,
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -22,6 +23,7 @@ from pgdurable.dsl import (
     WaitForSchedule,
     WaitForSignal,
     break_,
+    call,
     from_json,
     http,
     http_multipart,
@@ -49,6 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Bind",
     "Break",
+    "Call",
     "Client",
     "GraphError",
     "Http",
@@ -73,6 +76,7 @@ __all__ = [
     "WorkerConfig",
     "__version__",
     "break_",
+    "call",
     "from_json",
     "http",
     "http_multipart",

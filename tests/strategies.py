@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pgdurable.dsl import (
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -253,6 +254,11 @@ def leaves() -> st.SearchStrategy[Node]:
         st.builds(WaitForSchedule, cron_exprs()),
         st.builds(WaitForSignal, texts(min_size=1, max_size=20), st.none() | st.integers(1, INT4_MAX)),
         http_nodes(),
+        st.builds(
+            Call,
+            st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,30}", fullmatch=True),
+            st.dictionaries(texts(max_size=8), st.none() | st.integers() | texts(max_size=12), max_size=4),
+        ),
     )
 
 
@@ -276,7 +282,7 @@ def _named(draw: st.DrawFn, nodes: st.SearchStrategy[Node]) -> Node:
     """A node from `nodes`, about a quarter of the time with a result name; steps sometimes with a retry
     policy or a timeout (the extension keys)."""
     node = draw(nodes)
-    if isinstance(node, Step | Http | HttpMultipart) and draw(st.integers(0, 3)) == 0:
+    if isinstance(node, Step | Http | HttpMultipart | Call) and draw(st.integers(0, 3)) == 0:
         node = attrs.evolve(
             node, retry=draw(st.none() | retry_policies()), timeout=draw(st.none() | st.integers(1, INT4_MAX))
         )

@@ -4,6 +4,7 @@ renderings (canonical JSON, SQL DSL text, the explain tree). Pure: no database, 
 
 from pgdurable.dsl.builders import (
     break_,
+    call,
     http,
     http_multipart,
     if_,
@@ -24,6 +25,7 @@ from pgdurable.dsl.codec import from_json, to_json
 from pgdurable.dsl.nodes import (
     Bind,
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -42,6 +44,7 @@ from pgdurable.dsl.policy import RetryPolicy
 __all__ = [
     "Bind",
     "Break",
+    "Call",
     "Http",
     "HttpMultipart",
     "If",
@@ -56,6 +59,7 @@ __all__ = [
     "WaitForSchedule",
     "WaitForSignal",
     "break_",
+    "call",
     "from_json",
     "http",
     "http_multipart",

@@ -22,7 +22,7 @@ def as_node(value: object, *, where: str) -> Node:
     so it is refused with the fix, unless it is a one-word statement such as `VACUUM`.
 
     >>> as_node("SELECT 1", where="here")
-    Step(query='SELECT 1', result_name=None)
+    Step(query='SELECT 1', result_name=None, retry=None, timeout=None)
     >>> as_node("batch", where="left operand of THEN (>>)")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...

@@ -14,6 +14,7 @@ import attrs
 from pgdurable.dsl._coerce import as_node
 from pgdurable.dsl.nodes import (
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -32,6 +33,7 @@ from pgdurable.errors import GraphError
 
 __all__ = [
     "break_",
+    "call",
     "http",
     "http_multipart",
     "if_",
@@ -116,7 +118,7 @@ def if_(condition: Operand, then_branch: Operand, else_branch: Operand) -> If:
     """Run `then_branch` if `condition`'s result is truthy, else `else_branch`, like `df.if(...)`.
 
     >>> if_("SELECT true", "SELECT 'yes'", "SELECT 'no'").condition
-    Step(query='SELECT true', result_name=None)
+    Step(query='SELECT true', result_name=None, retry=None, timeout=None)
     """
     return If(
         as_node(condition, where="if condition"),
@@ -143,7 +145,7 @@ def loop(body: Operand, condition: Operand | None = None) -> Loop:
     """Repeat `body` until a `break_()`; with `condition`, a do-while loop, like `df.loop(body, condition)`.
 
     >>> loop("SELECT step()", "SELECT count(*) > 0 FROM q").condition
-    Step(query='SELECT count(*) > 0 FROM q', result_name=None)
+    Step(query='SELECT count(*) > 0 FROM q', result_name=None, retry=None, timeout=None)
     """
     return Loop(
         as_node(body, where="loop body"),
@@ -195,8 +197,8 @@ def retry(
     multiplier: int = 2,
     jitter_pct: int = 20,
     retry_on: Sequence[str] | None = None,
-) -> Step | Http | HttpMultipart:
-    """Try a SQL or HTTP step again when it fails transiently, like `df.retry(node, ...)` (pgdurable).
+) -> Step | Http | HttpMultipart | Call:
+    """Try a SQL, HTTP or CALL step again when it fails transiently, like `df.retry(node, ...)` (pgdurable).
 
     >>> retry("UPDATE t SET n = n + 1", max_attempts=5).retry.max_attempts
     5
@@ -209,8 +211,8 @@ def retry(
     return attrs.evolve(step, retry=policy)
 
 
-def timeout(node: Operand, seconds: int) -> Step | Http | HttpMultipart:
-    """Limit one SQL or HTTP step to `seconds`, like `df.timeout(node, seconds)` (pgdurable).
+def timeout(node: Operand, seconds: int) -> Step | Http | HttpMultipart | Call:
+    """Limit one SQL, HTTP or CALL step to `seconds`, like `df.timeout(node, seconds)` (pgdurable).
 
     >>> timeout("SELECT pg_sleep(10)", 2).timeout
     2
@@ -222,10 +224,19 @@ def timeout(node: Operand, seconds: int) -> Step | Http | HttpMultipart:
         raise GraphError(f"df.timeout: {error.problem}") from None
 
 
-def _work(node: Node, builder: str, key: str) -> Step | Http | HttpMultipart:
-    if not isinstance(node, Step | Http | HttpMultipart):
-        raise GraphError(f"{builder}: {key} is only allowed on SQL, HTTP and HTTP_MULTIPART nodes")
+def _work(node: Node, builder: str, key: str) -> Step | Http | HttpMultipart | Call:
+    if not isinstance(node, Step | Http | HttpMultipart | Call):
+        raise GraphError(f"{builder}: {key} is only allowed on SQL, HTTP, HTTP_MULTIPART and CALL nodes")
     return node
+
+
+def call(function: str, args: Mapping[str, Any] | None = None) -> Call:
+    """Call a Python function registered with `@pgdurable.function`, like `df.call(function, args)`.
+
+    >>> call("embed_chunks", {"chunks": "$chunks"}).arguments
+    {'chunks': '$chunks'}
+    """
+    return Call(function, args)
 
 
 def http(

@@ -18,6 +18,7 @@ from pgdurable.dsl import _jsonb
 from pgdurable.dsl.nodes import (
     IDENTIFIER,
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -51,6 +52,7 @@ NODE_TYPES: Final = (
     "HTTP",
     "HTTP_MULTIPART",
     "SIGNAL",
+    "CALL",
 )
 _KEYS: Final = frozenset(
     {
@@ -66,8 +68,8 @@ _KEYS: Final = frozenset(
     }
 )
 # Nodes that do work, and so may carry the extension keys `retry` and `timeout_seconds`.
-_WORK: Final = (Step, Http, HttpMultipart)
-_WORK_TYPES: Final = ("SQL", "HTTP", "HTTP_MULTIPART")
+_WORK: Final = (Step, Http, HttpMultipart, Call)
+_WORK_TYPES: Final = ("SQL", "HTTP", "HTTP_MULTIPART", "CALL")
 _s = _jsonb.to_text
 
 
@@ -101,6 +103,8 @@ def node_type(node: Node) -> str:
             return "HTTP"
         case HttpMultipart():
             return "HTTP_MULTIPART"
+        case Call():
+            return "CALL"
         case _:
             assert_never(node)
 
@@ -151,6 +155,8 @@ def _encode(node: Node) -> str:
                 f'{{"url":{_s(url)},"method":{_s(method)},"parts":{parts},'
                 f'"headers":{headers or "null"},"timeout_seconds":{timeout}}}'
             )
+        case Call(function=function, args=args):
+            query = f'{{"function":{_s(function)},"args":{args}}}'
         case _:
             raise AssertionError(f"unhandled node {node!r}")  # pragma: no cover - Parallel with < 2 branches
     out = [f'{{"node_type":"{node_type(node)}"']
@@ -221,7 +227,7 @@ def _no_constant(name: str) -> Any:
 
 
 _PATH_STEPS: Final = {"left_node": "left", "right_node": "right", "condition_node": "condition_node"}
-_LEAVES: Final = frozenset({"SQL", "BREAK", "SLEEP", "WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL"})
+_LEAVES: Final = frozenset({"SQL", "BREAK", "SLEEP", "WAIT_SCHEDULE", "HTTP", "HTTP_MULTIPART", "SIGNAL", "CALL"})
 _BRANCHING: Final = frozenset({"THEN", "JOIN", "RACE", "IF"})
 
 
@@ -267,7 +273,7 @@ class _Decoder:
     def _check_shape(self, kind: str, value: dict[str, Any], path: str) -> None:
         for key in ("retry", "timeout_seconds"):
             if key in value and kind not in _WORK_TYPES:
-                raise GraphError(f"{key} is only allowed on SQL, HTTP and HTTP_MULTIPART nodes", path)
+                raise GraphError(f"{key} is only allowed on SQL, HTTP, HTTP_MULTIPART and CALL nodes", path)
         if "condition_node" in value and kind not in ("IF", "LOOP"):
             raise GraphError("condition_node is only allowed on IF and LOOP nodes", path)
         if "extra_nodes" in value and kind != "JOIN":
@@ -372,6 +378,11 @@ def _leaf(kind: str, query: str) -> Node:
             config["headers"],
             _required_int(kind, config, "timeout_seconds"),
         )
+    if kind == "CALL":
+        config = _config(kind, query, {"function", "args"})
+        if not isinstance(config["args"], dict):
+            raise GraphError("invalid CALL config: args must be a JSON object")
+        return Call(_string(kind, config, "function"), config["args"])
     raise AssertionError(kind)  # pragma: no cover - every leaf kind is handled above
 
 

@@ -13,6 +13,7 @@ from typing_extensions import assert_never
 
 from pgdurable.dsl.nodes import (
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -113,6 +114,8 @@ def label(node: Node) -> str:
             text = f"HTTP {method} {truncate_bytes(url, 40, 37)}"
         case HttpMultipart(method=method, url=url):
             text = f"HTTP_MULTIPART {method} {truncate_bytes(url, 40, 37)}"
+        case Call(function=function):
+            text = f"CALL {truncate_bytes(function, 40, 37)}"
         case _:
             assert_never(node)
     return text + suffix
@@ -187,7 +190,17 @@ def _sections(node: Node, path: str, prefix: str) -> list[_Task]:
             for index, (branch_path, branch) in enumerate(branches, start=1):
                 drawn += [f"{prefix}║ branch {index}:", (branch, branch_path, inner, index == len(branches))]
             return drawn
-        case Then() | Step() | Break() | Sleep() | WaitForSchedule() | WaitForSignal() | Http() | HttpMultipart():
+        case (
+            Then()
+            | Step()
+            | Break()
+            | Sleep()
+            | WaitForSchedule()
+            | WaitForSignal()
+            | Http()
+            | HttpMultipart()
+            | Call()
+        ):
             return []  # a THEN's elements are drawn by _draw; the rest are leaves
         case _:
             assert_never(node)

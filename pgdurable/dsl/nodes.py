@@ -7,6 +7,7 @@ are never mutated, and `node | "name"` returns a renamed copy. Rendering lives i
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar, cast, overload
@@ -26,6 +27,7 @@ __all__ = [
     "NODE_CLASSES",
     "Bind",
     "Break",
+    "Call",
     "Http",
     "HttpMultipart",
     "If",
@@ -129,7 +131,7 @@ class _Composable:
         """`a >> b` is THEN: run a, then b.
 
         >>> (Step("SELECT 1") >> "SELECT 2").right
-        Step(query='SELECT 2', result_name=None)
+        Step(query='SELECT 2', result_name=None, retry=None, timeout=None)
         """
         return cast(Then, _combine(">>", self, other))
 
@@ -139,8 +141,8 @@ class _Composable:
     def __and__(self, other: Node | str) -> Parallel:
         """`a & b` is JOIN: run both, wait for both. `a & b & c` nests, as `'a' & 'b' & 'c'` does in SQL.
 
-        >>> (Step("SELECT 1") & "SELECT 2").branches
-        (Step(query='SELECT 1', result_name=None), Step(query='SELECT 2', result_name=None))
+        >>> [branch.query for branch in (Step("SELECT 1") & "SELECT 2").branches]
+        ['SELECT 1', 'SELECT 2']
         """
         return cast(Parallel, _combine("&", self, other))
 
@@ -155,7 +157,7 @@ class _Composable:
         """`node | "name"` names the node's result; `node | node` is RACE (first finisher wins).
 
         >>> Step("SELECT 1") | "one"
-        Step(query='SELECT 1', result_name='one')
+        Step(query='SELECT 1', result_name='one', retry=None, timeout=None)
         >>> type(Step("SELECT 1") | Step("SELECT 2")).__name__
         'Race'
         """
@@ -451,8 +453,64 @@ class HttpMultipart(_Composable):
         _check_http("df.http_multipart", self.url, self.method, self.timeout_seconds, MULTIPART_METHODS)
 
 
+FUNCTION_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,199}")
+
+
+def _function_name(_: object, __: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or FUNCTION_NAME.fullmatch(value) is None:
+        raise GraphError(
+            f"df.call: function name {_quote(value)} is not valid (letters, digits, _ and ., up to 200 characters)"
+        )
+
+
+def _args_text(args: Mapping[str, Any] | str | None) -> str:
+    if args is None:
+        return "{}"
+    if isinstance(args, str):
+        args = _jsonb.parse(args, "df.call: args")
+    if not isinstance(args, Mapping):
+        raise GraphError("df.call: args must be a JSON object")
+    try:
+        return _jsonb.render(args)
+    except (TypeError, ValueError) as error:
+        raise GraphError(f"df.call: args must be JSON: {error}") from None
+
+
+@frozen(cache_hash=True)
+class Call(_Composable):
+    """Call a Python function registered with `@pgdurable.function` (node type CALL, a pgdurable extension).
+
+    `args` is a JSON object (kept as canonical jsonb text); a string value that is exactly one reference,
+    such as `"$chunks"` or `"$doc.id"`, receives that result as a JSON value.
+    """
+
+    function: str = field(validator=_function_name)
+    args: str = field(default="{}", converter=_args_text)
+    result_name: str | None = field(default=None, kw_only=True, validator=_result_name)
+    retry: RetryPolicy | None = field(default=None, kw_only=True, validator=_optional_policy)
+    timeout: int | None = field(default=None, kw_only=True, validator=_step_timeout)
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """`args` as a dict."""
+        parsed: dict[str, Any] = json.loads(self.args)
+        return parsed
+
+
 Node = (
-    Step | Then | Parallel | Race | If | Loop | Break | Sleep | WaitForSchedule | WaitForSignal | Http | HttpMultipart
+    Step
+    | Then
+    | Parallel
+    | Race
+    | If
+    | Loop
+    | Break
+    | Sleep
+    | WaitForSchedule
+    | WaitForSignal
+    | Http
+    | HttpMultipart
+    | Call
 )
 """Any workflow node."""
 
@@ -469,6 +527,7 @@ NODE_CLASSES: Final = (
     WaitForSignal,
     Http,
     HttpMultipart,
+    Call,
 )
 
 N = TypeVar("N", bound=Node)

@@ -20,6 +20,7 @@ from typing_extensions import assert_never
 
 from pgdurable.dsl.nodes import (
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -104,7 +105,7 @@ def _render_tree(root: Node) -> _Text:
 
 def _render(node: Node, rendered: _Rendered) -> _Text:
     text, form = _unnamed(node, rendered)
-    if isinstance(node, Step | Http | HttpMultipart):
+    if isinstance(node, Step | Http | HttpMultipart | Call):
         text, form = _with_extensions(node, text, form)
     if node.result_name is None:
         return text, form
@@ -160,11 +161,13 @@ def _unnamed(node: Node, rendered: _Rendered) -> _Text:
             return _call("df.http", *_http_args(url, method, body_arg, headers, timeout))
         case HttpMultipart(url=url, method=method, parts=parts, headers=headers, timeout_seconds=timeout):
             return _call("df.http_multipart", *_http_args(url, method, _jsonb(parts), headers, timeout))
+        case Call(function=function, args=args):
+            return _call("df.call", quote_literal(function), *(() if args == "{}" else (_jsonb(args),)))
         case _:
             assert_never(node)
 
 
-def _with_extensions(node: Step | Http | HttpMultipart, text: str, form: _Form) -> _Text:
+def _with_extensions(node: Step | Http | HttpMultipart | Call, text: str, form: _Form) -> _Text:
     """Wrap a step in `df.retry(...)` and `df.timeout(...)` (pgdurable's extension builders)."""
     if node.retry is not None:
         policy = node.retry

@@ -7,6 +7,7 @@ from typing import Final
 
 from pgdurable.dsl.nodes import (
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -50,7 +51,7 @@ def children(node: Node) -> Iterator[tuple[str, Node]]:
             yield "left", body
             if condition is not None:
                 yield "condition_node", condition
-        case Step() | Break() | Sleep() | WaitForSchedule() | WaitForSignal() | Http() | HttpMultipart():
+        case Step() | Break() | Sleep() | WaitForSchedule() | WaitForSignal() | Http() | HttpMultipart() | Call():
             return
 
 

@@ -21,6 +21,7 @@ from typing_extensions import assert_never
 from pgdurable.dsl.cron import CronError
 from pgdurable.dsl.nodes import (
     Break,
+    Call,
     Http,
     HttpMultipart,
     If,
@@ -80,15 +81,15 @@ __all__ = [
     "step_timeout",
 ]
 
-StepKind = Literal["sql", "http", "http_multipart"]
+StepKind = Literal["sql", "http", "http_multipart", "call"]
+_STEP_KINDS: Final = ("sql", "http", "http_multipart", "call")
 MAX_BUFFERED_SIGNALS: Final = 1000
 BREAK_OUTSIDE_LOOP: Final = "df.break() was called outside of a loop"
 RACE_LOSER_LOOP: Final = "Loop branch cancelled after losing RACE"
 # Named results are kept for these node types only; naming a SLEEP, WAIT_SCHEDULE or BREAK has no effect.
 _UNBOUND: Final = (Sleep, WaitForSchedule, Break)
-_SINGLE_REFERENCE: Final = re.compile(
-    r"\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\??|\{[A-Za-z_][A-Za-z0-9_]*\}"
-)
+_NAME: Final = "[A-Za-z_][A-Za-z0-9_]*"
+_SINGLE_REFERENCE: Final = re.compile(rf"\${_NAME}(\.{_NAME})?\??|\{{{_NAME}\}}")
 
 
 class NondeterminismError(PgdurableError):
@@ -207,7 +208,7 @@ def decide(graph: Node, state: State) -> Decision:
     signals: set[str] = set()
     for frame in state.frames.values():
         if isinstance(frame, Leaf):
-            if frame.payload is not None and frame.wake_at is None and frame.kind in ("sql", "http", "http_multipart"):
+            if frame.payload is not None and frame.wake_at is None and frame.kind in _STEP_KINDS:
                 steps.append(RunStep(frame.key, frame.kind, frame.payload, idempotency_key(state, frame.key)))
             if frame.signal is not None:
                 signals.add(frame.signal)
@@ -316,6 +317,8 @@ class _Fold:
                 self.leaf(key, parent, scope, "http", lambda: self.render_http(node, key, scope))
             case HttpMultipart():
                 self.leaf(key, parent, scope, "http_multipart", lambda: self.render_multipart(node, key, scope))
+            case Call():
+                self.leaf(key, parent, scope, "call", lambda: self.render_call(node, key, scope))
             case Then():
                 self.frames[key] = ThenFrame(key, parent, scope)
                 self.activate(f"{path}.left", iterations, key, scope)
@@ -439,6 +442,26 @@ class _Fold:
             "headers": self.render_headers(node.headers, key, scope),
             "timeout_seconds": node.timeout_seconds,
         }
+        return json.dumps(request, separators=(",", ":"), ensure_ascii=False)
+
+    def render_call(self, node: Call, key: str, scope: str) -> str:
+        """The call's arguments: `{var}` substituted in strings, and a string that is exactly one result
+        reference replaced by that result's JSON value (not its text)."""
+        variables, results = self.variables(key), self.scopes[scope]
+
+        def value(item: Any) -> Any:
+            if isinstance(item, dict):
+                return {k: value(v) for k, v in item.items()}
+            if isinstance(item, list):
+                return [value(v) for v in item]
+            if isinstance(item, str):
+                reference = _WHOLE_REFERENCE.fullmatch(item.strip())
+                if reference is not None and reference["name"] in results:
+                    return _reference_value(reference, results[reference["name"]])
+                return substitute_vars(item, variables)
+            return item
+
+        request = {"function": node.function, "args": value(json.loads(node.args))}
         return json.dumps(request, separators=(",", ":"), ensure_ascii=False)
 
     def rows_test(self, name: str, scope: str) -> bool | Outcome:
@@ -711,7 +734,7 @@ class _Fold:
         leaf = cast(Leaf, self.frames[key])  # live_leaf checked it
         path = split_key(key)[0]
         node = self.index.nodes[path]
-        policy = node.retry if isinstance(node, Step | Http | HttpMultipart) else None
+        policy = node.retry if isinstance(node, Step | Http | HttpMultipart | Call) else None
         if policy is not None and leaf.attempt < policy.max_attempts and policy.retries(detail.get("sqlstate")):
             delay = policy.delay_ms(leaf.attempt, _jitter(self.state.instance_id, key, leaf.attempt))
             self.frames[key] = evolve(leaf, wake_at=self.at + timedelta(milliseconds=delay))
@@ -751,6 +774,36 @@ def _error_record(path: str, error: str, detail: dict[str, Any], attempt: int) -
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
+_WHOLE_REFERENCE: Final = re.compile(rf"\$(?P<name>{_NAME})(?:\.(?P<column>{_NAME}|\*))?(?P<safe>\?)?")
+
+
+def _reference_value(reference: re.Match[str], result: str) -> Any:
+    """The JSON value a whole-string reference (`$x`, `$x?`, `$x.col`, `$x.col?`, `$x.*`) stands for."""
+    name, column, null_safe = reference["name"], reference["column"], reference["safe"] is not None
+    parsed = json.loads(result)
+    rows = parsed.get("rows") if isinstance(parsed, dict) and isinstance(parsed.get("rows"), list) else None
+    if column == "*":
+        if rows is None:
+            raise SubstitutionError(f"${name}.*: result is not a row set")
+        return rows
+    if rows is not None:
+        if not rows:
+            if null_safe:
+                return None
+            raise SubstitutionError(f"${name} has no rows — query returned zero results")
+        record = rows[0]
+        if column is None:
+            return next(iter(record.values()), None)
+        if column not in record:
+            raise SubstitutionError(f"${name}.{column}: result has no field '{column}'")
+        return record[column]
+    if column is None:
+        return parsed
+    if not isinstance(parsed, dict) or column not in parsed:
+        raise SubstitutionError(f"${name}.{column}: result has no field '{column}'")
+    return parsed[column]
+
+
 def _jitter(instance_id: str, key: str, attempt: int) -> float:
     """A deterministic number in [-1, 1) for a retry's jitter: replay must compute the same wait."""
     digest = hashlib.sha256(f"{instance_id}:{key}:{attempt}".encode()).digest()
@@ -760,7 +813,7 @@ def _jitter(instance_id: str, key: str, attempt: int) -> float:
 def step_timeout(graph: Node, key: str) -> int | None:
     """The `timeout_seconds` of the step a frame runs, if it has one."""
     node = _index(graph).nodes.get(split_key(key)[0])
-    return node.timeout if isinstance(node, Step | Http | HttpMultipart) else None
+    return node.timeout if isinstance(node, Step | Http | HttpMultipart | Call) else None
 
 
 def _without(signals: dict[str, tuple[str, ...]], name: str) -> dict[str, tuple[str, ...]]:

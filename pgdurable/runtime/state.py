@@ -57,7 +57,7 @@ class Leaf:
     key: str
     parent: str | None
     scope: str
-    kind: Literal["sql", "http", "http_multipart", "timer", "signal", "instant"]
+    kind: Literal["sql", "http", "http_multipart", "call", "timer", "signal", "instant"]
     payload: str | None = None  # the rendered SQL text, or the rendered HTTP request as JSON
     wake_at: datetime | None = None
     signal: str | None = None

@@ -68,7 +68,7 @@ CREATE TABLE df.nodes (
     id             varchar(8) NOT NULL CONSTRAINT nodes_id_chk CHECK (id ~ '^[0-9a-f]{8}$'),
     node_type      text NOT NULL CONSTRAINT nodes_node_type_chk CHECK (node_type IN (
         'SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP',
-        'HTTP_MULTIPART', 'SIGNAL')),
+        'HTTP_MULTIPART', 'SIGNAL', 'CALL')),
     query          text,
     result_name    text CONSTRAINT nodes_result_name_chk CHECK (result_name ~ '^[A-Za-z_][A-Za-z0-9_]*$'),
     left_node      varchar(8),
@@ -90,7 +90,7 @@ CREATE TABLE df.nodes (
     CONSTRAINT nodes_right_fk FOREIGN KEY (instance_id, right_node)
         REFERENCES df.nodes (instance_id, id) DEFERRABLE INITIALLY DEFERRED,
     CONSTRAINT nodes_structure_chk CHECK (CASE
-        WHEN node_type IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART')
+        WHEN node_type IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART', 'CALL')
             THEN query IS NOT NULL AND left_node IS NULL AND right_node IS NULL
         WHEN node_type = 'THEN' THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
         WHEN node_type = 'IF' THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NOT NULL

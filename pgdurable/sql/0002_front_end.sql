@@ -8,7 +8,7 @@
 CREATE FUNCTION df._valid_node_types() RETURNS text[]
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP',
-                   'HTTP_MULTIPART', 'SIGNAL'] $$;
+                   'HTTP_MULTIPART', 'SIGNAL', 'CALL'] $$;
 
 CREATE FUNCTION df._is_identifier(p_name text) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -240,6 +240,18 @@ $$;
 
 -- Why the `query` of a config-bearing node is invalid: the full message (without the path), or NULL.
 -- Same checks, order and texts as the Python decoder (pgdurable/dsl/codec.py).
+-- pgdurable extension: the checks of a CALL node's function name and arguments (as Call in Python).
+CREATE FUNCTION df._call_error(p_function text, p_args jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN p_function !~ '^[A-Za-z_][A-Za-z0-9_.]{0,199}$'
+            THEN format('df.call: function name ''%s'' is not valid (letters, digits, _ and ., up to 200 characters)',
+                        p_function)
+        WHEN jsonb_typeof(p_args) IS DISTINCT FROM 'object' THEN 'df.call: args must be a JSON object'
+    END
+$$;
+
 CREATE FUNCTION df._config_error(p_type text, p_query text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
@@ -263,6 +275,7 @@ BEGIN
         WHEN 'SIGNAL' THEN ARRAY['signal_name', 'timeout_seconds']
         WHEN 'HTTP' THEN ARRAY['url', 'method', 'body', 'headers', 'timeout_seconds']
         WHEN 'HTTP_MULTIPART' THEN ARRAY['url', 'method', 'parts', 'headers', 'timeout_seconds']
+        WHEN 'CALL' THEN ARRAY['function', 'args']
     END;
     c := df._try_jsonb(p_query);
     IF c IS NULL THEN
@@ -308,6 +321,13 @@ BEGIN
         ELSIF (c ->> 'timeout_seconds')::numeric <= 0 THEN
             RETURN 'df.wait_for_signal: timeout_seconds must be > 0, got ' || (c ->> 'timeout_seconds');
         END IF;
+    WHEN 'CALL' THEN
+        IF jsonb_typeof(c -> 'function') <> 'string' THEN
+            RETURN 'invalid CALL config: function must be a string';
+        ELSIF jsonb_typeof(c -> 'args') <> 'object' THEN
+            RETURN 'invalid CALL config: args must be a JSON object';
+        END IF;
+        RETURN df._call_error(c ->> 'function', c -> 'args');
     WHEN 'HTTP', 'HTTP_MULTIPART' THEN
         v_error := df._http_headers_error(c -> 'headers');
         IF v_error LIKE 'headers %' THEN
@@ -352,7 +372,7 @@ $$;
 ------------------------------------------------------------------------------------------------------------
 
 -- pgdurable extension keys (docs/graph-format.md): `retry` and `timeout_seconds`, after result_name, on
--- SQL, HTTP and HTTP_MULTIPART nodes. Both front ends check them with the same messages.
+-- SQL, HTTP, HTTP_MULTIPART and CALL nodes. Both front ends check them with the same messages.
 CREATE FUNCTION df._retry_error(r jsonb) RETURNS text
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
@@ -403,10 +423,10 @@ CREATE FUNCTION df._extension_error(j jsonb) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE
-        WHEN j ? 'retry' AND (j ->> 'node_type') NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
-            THEN 'retry is only allowed on SQL, HTTP and HTTP_MULTIPART nodes'
-        WHEN j ? 'timeout_seconds' AND (j ->> 'node_type') NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
-            THEN 'timeout_seconds is only allowed on SQL, HTTP and HTTP_MULTIPART nodes'
+        WHEN j ? 'retry' AND (j ->> 'node_type') NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART', 'CALL')
+            THEN 'retry is only allowed on SQL, HTTP, HTTP_MULTIPART and CALL nodes'
+        WHEN j ? 'timeout_seconds' AND (j ->> 'node_type') NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART', 'CALL')
+            THEN 'timeout_seconds is only allowed on SQL, HTTP, HTTP_MULTIPART and CALL nodes'
         WHEN j ? 'retry' THEN df._retry_error(j -> 'retry')
         WHEN j ? 'timeout_seconds' AND (NOT df._is_json_integer(j -> 'timeout_seconds')
                                         OR (j ->> 'timeout_seconds')::numeric NOT BETWEEN 1 AND 2147483647)
@@ -468,10 +488,10 @@ BEGIN
         RETURN 'condition_node is only allowed on IF and LOOP nodes';
     ELSIF j ? 'extra_nodes' AND v_type <> 'JOIN' THEN
         RETURN 'extra_nodes is only allowed on JOIN nodes';
-    ELSIF (j ? 'retry' OR j ? 'timeout_seconds') AND v_type NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART') THEN
+    ELSIF (j ? 'retry' OR j ? 'timeout_seconds') AND v_type NOT IN ('SQL', 'HTTP', 'HTTP_MULTIPART', 'CALL') THEN
         RETURN df._extension_error(j);
     END IF;
-    IF v_type IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
+    IF v_type IN ('SQL', 'BREAK', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'CALL') THEN
         IF j ? 'left_node' THEN
             RETURN v_type || ' does not take left_node';
         ELSIF j ? 'right_node' THEN
@@ -978,5 +998,20 @@ BEGIN
         RAISE EXCEPTION 'df.timeout: %', v_error USING ERRCODE = '22023';
     END IF;
     RETURN df._render(df._walk(v_node, false));
+END
+$$;
+
+-- pgdurable extension (node type CALL): call a Python function that a worker registered.
+CREATE FUNCTION df.call(function text, args jsonb DEFAULT '{}') RETURNS text
+    LANGUAGE plpgsql STRICT
+AS $$
+DECLARE
+    v_error constant text := df._call_error(function, args);
+BEGIN
+    IF v_error IS NOT NULL THEN
+        RAISE EXCEPTION '%', v_error USING ERRCODE = '22023';
+    END IF;
+    RETURN df._node('CALL', NULL, NULL, NULL, NULL,
+                    '{"function":' || to_json(function)::text || ',"args":' || df._jsonb_compact(args) || '}', NULL);
 END
 $$;

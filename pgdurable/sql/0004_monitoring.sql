@@ -325,7 +325,7 @@ DECLARE
     c jsonb;
     v_text text;
 BEGIN
-    IF v_type IN ('BREAK', 'WAIT_SCHEDULE', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART') THEN
+    IF v_type IN ('BREAK', 'WAIT_SCHEDULE', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART', 'CALL') THEN
         c := df._try_jsonb(v_query);
     END IF;
     v_text := CASE v_type
@@ -341,6 +341,7 @@ BEGIN
         WHEN 'WAIT_SCHEDULE' THEN 'WAIT ''' || (c ->> 'cron_expr') || ''''
         WHEN 'SIGNAL' THEN 'SIGNAL ''' || (c ->> 'signal_name') || ''''
                            || coalesce(' (' || (c ->> 'timeout_seconds') || 's)', '')
+        WHEN 'CALL' THEN 'CALL ' || df._truncate_bytes(c ->> 'function', 40, 37)
         ELSE v_type || ' ' || upper(c ->> 'method') || ' ' || df._truncate_bytes(c ->> 'url', 40, 37)
     END;
     RETURN v_text || coalesce(' |=> ''' || g.names[p_i] || '''', '');

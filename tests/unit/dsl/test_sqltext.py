@@ -38,7 +38,7 @@ from pgdurable.dsl import (
     sleep,
     wait_for_signal,
 )
-from pgdurable.dsl.nodes import NODE_CLASSES
+from pgdurable.dsl.nodes import NODE_CLASSES, Call
 from pgdurable.dsl.policy import RetryPolicy
 from pgdurable.dsl.sqltext import quote_literal, to_sql
 from pgdurable.dsl.validate import children
@@ -416,6 +416,10 @@ def _call(function: str, args: list[Any]) -> Node:
             return attrs.evolve(_ensure(node), retry=RetryPolicy(**options, retry_on=codes))
         case "timeout", [node, int(seconds)]:
             return attrs.evolve(_ensure(node), timeout=seconds)
+        case "call", [str(function)]:
+            return Call(function)
+        case "call", [str(function), _Jsonb(text=args)]:
+            return Call(function, args)
         case "join3", [a, b, c]:
             return Parallel((_ensure(a), _ensure(b), _ensure(c)))
         case "join_all", [list(branches)]:
