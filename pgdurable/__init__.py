@@ -44,6 +44,7 @@ from pgdurable.dsl import (
 )
 from pgdurable.errors import GraphError, PgdurableError
 from pgdurable.migrate import MigrationError, install, uninstall
+from pgdurable.runtime.executors.python import CallContext, function
 from pgdurable.runtime.worker import Worker, WorkerConfig
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "Bind",
     "Break",
     "Call",
+    "CallContext",
     "Client",
     "GraphError",
     "Http",
@@ -78,6 +80,7 @@ __all__ = [
     "break_",
     "call",
     "from_json",
+    "function",
     "http",
     "http_multipart",
     "if_",

@@ -108,6 +108,7 @@ class NewTask:
     kind: str
     wake_at: datetime | None  # None: due now
     leased: bool  # claimed by the writing worker, which continues with it at once
+    function: str | None = None  # of a 'call': the Python function it runs
 
 
 @frozen
@@ -175,7 +176,8 @@ WITH async AS (SELECT pg_catalog.set_config('synchronous_commit', 'off', true)),
 due AS (
     SELECT t.instance_id, t.frame FROM df.tasks t
      WHERE t.wake_at <= now() AND (t.lease_expires IS NULL OR t.lease_expires < now())
-     ORDER BY t.wake_at
+       AND (t.kind <> 'call' OR t.function = ANY(%(functions)s::text[]))
+     ORDER BY t.kind = 'start', t.wake_at  -- running instances before new ones: in-flight work finishes first
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
 )
@@ -214,9 +216,13 @@ UPDATE df.tasks SET lease_owner = NULL, lease_expires = NULL, wake_at = %(wake_a
 _NEXT_WAKE: Final = "SELECT min(wake_at) FROM df.tasks WHERE lease_expires IS NULL OR lease_expires < now()"
 
 
-def claim(conn: Conn, *, worker_id: UUID, limit: int, lease_seconds: float) -> list[Claim]:
-    """Lease up to `limit` due work items (skipping those other workers hold)."""
-    rows = conn.execute(_CLAIM, {"worker": worker_id, "limit": limit, "lease": lease_seconds}).fetchall()
+def claim(
+    conn: Conn, *, worker_id: UUID, limit: int, lease_seconds: float, functions: Sequence[str] = ()
+) -> list[Claim]:
+    """Lease up to `limit` due work items (skipping those other workers hold, and calls of Python functions
+    this worker does not run)."""
+    params = {"worker": worker_id, "limit": limit, "lease": lease_seconds, "functions": list(functions)}
+    rows = conn.execute(_CLAIM, params).fetchall()
     return [Claim(r[0], r[1], r[2], r[3], refusal=r[5], claims=r[4]) for r in rows]
 
 
@@ -407,18 +413,19 @@ SELECT count(pg_catalog.pg_cancel_backend(g.backend_pid)) FROM gone g
  WHERE g.backend_pid IS NOT NULL AND g.backend_pid <> pg_catalog.pg_backend_pid()
 """
 _INSERT_TASKS: Final = """
-INSERT INTO df.tasks (instance_id, frame, kind, wake_at, lease_owner, lease_expires, lease_gen, backend_pid)
+INSERT INTO df.tasks (instance_id, frame, kind, wake_at, lease_owner, lease_expires, lease_gen, backend_pid, function)
 SELECT %(instance)s, t.frame, t.kind, coalesce(t.wake_at, now()),
        CASE WHEN t.leased THEN %(worker)s::uuid END,
        CASE WHEN t.leased THEN now() + %(lease)s * interval '1 second' END,
        CASE WHEN t.leased THEN 1 ELSE 0 END,
-       CASE WHEN t.leased THEN pg_backend_pid() END
-  FROM unnest(%(frames)s::text[], %(kinds)s::text[], %(wakes)s::timestamptz[], %(leased)s::boolean[])
-       AS t(frame, kind, wake_at, leased)
+       CASE WHEN t.leased THEN pg_backend_pid() END, t.function
+  FROM unnest(%(frames)s::text[], %(kinds)s::text[], %(wakes)s::timestamptz[], %(leased)s::boolean[],
+              %(functions)s::text[])
+       AS t(frame, kind, wake_at, leased, function)
 ON CONFLICT (instance_id, frame) DO UPDATE
    SET kind = EXCLUDED.kind, wake_at = EXCLUDED.wake_at, lease_owner = EXCLUDED.lease_owner,
        lease_expires = EXCLUDED.lease_expires, lease_gen = df.tasks.lease_gen + 1,
-       backend_pid = EXCLUDED.backend_pid
+       backend_pid = EXCLUDED.backend_pid, function = EXCLUDED.function
 RETURNING frame, lease_gen, lease_owner IS NOT NULL
 """
 _NOTIFY: Final = "SELECT pg_notify(%(channel)s, %(payload)s)"
@@ -469,6 +476,7 @@ def write(conn: Conn, *, transition: Write, worker_id: UUID, lease_seconds: floa
             "kinds": [task.kind for task in t.started],
             "wakes": [task.wake_at for task in t.started],
             "leased": [task.leased for task in t.started],
+            "functions": [task.function for task in t.started],
         },
     )
     return {frame: gen for frame, gen, leased in cursor.fetchall() if leased}

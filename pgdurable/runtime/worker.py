@@ -14,18 +14,28 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
 import psycopg
-from attrs import frozen
+from attrs import evolve, frozen
 
 from pgdurable.dsl.codec import from_json
 from pgdurable.dsl.nodes import Node
 from pgdurable.migrate import check_version
 from pgdurable.runtime import store
-from pgdurable.runtime.engine import NodeUpdate, Transition, begin, decide, execution_stamp, step, step_timeout
+from pgdurable.runtime.engine import (
+    Decision,
+    NodeUpdate,
+    Transition,
+    begin,
+    decide,
+    execution_stamp,
+    idempotency_key,
+    step,
+    step_timeout,
+)
 from pgdurable.runtime.events import (
     Aborted,
     CancelRequested,
@@ -37,6 +47,7 @@ from pgdurable.runtime.events import (
     TimerFired,
     event_to_json,
 )
+from pgdurable.runtime.executors.python import CallContext, FunctionDef, FunctionRegistry, registered
 from pgdurable.runtime.executors.sql import SqlExecutor, StepError
 from pgdurable.runtime.failpoints import failpoint
 from pgdurable.runtime.state import Leaf, LoopFrame, State
@@ -75,7 +86,14 @@ class Worker:
     >>> # with Worker(dsn): ...   # runs in background threads until the block ends
     """
 
-    def __init__(self, dsn: str, *, config: WorkerConfig | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        config: WorkerConfig | None = None,
+        functions: Iterable[Callable[..., Any] | FunctionDef | str] = (),
+    ) -> None:
+        """`functions`: the `@pgdurable.function`s this worker runs; only it claims their CALL steps."""
         self.dsn = dsn
         self.config = config or WorkerConfig()
         self.id = uuid.uuid4()
@@ -88,6 +106,8 @@ class Worker:
         self._settings: dict[str, Any] = {}
         self._in_flight: dict[int, store.Claim] = {}  # by slot thread id; their leases are kept alive
         self._executor = SqlExecutor(dsn, max_result_bytes=self.config.max_result_bytes)
+        self._functions = FunctionRegistry(functions)
+        self._role = ""  # the role this worker connects as (who may call its functions by default)
         self.steps_run = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -95,6 +115,7 @@ class Worker:
     def start(self) -> Worker:
         with self._connect() as conn:
             version = check_version(conn)
+            self._role = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
             store.register_worker(
                 conn, worker_id=self.id, hostname=socket.gethostname(), pid=os.getpid(), schema_version=version
             )
@@ -198,7 +219,13 @@ class Worker:
 
     def _work(self, conn: psycopg.Connection[Any]) -> None:
         while not self._stopping.is_set():
-            claims = store.claim(conn, worker_id=self.id, limit=1, lease_seconds=self.config.lease_seconds)
+            claims = store.claim(
+                conn,
+                worker_id=self.id,
+                limit=1,
+                lease_seconds=self.config.lease_seconds,
+                functions=self._functions.names,
+            )
             if not claims:
                 with self._wake:
                     self._wake.wait(self.config.poll_seconds)
@@ -234,6 +261,8 @@ class Worker:
             return self._run_sql(conn, task, context)
         if task.kind in ("http", "http_multipart"):
             return self._fail_http(conn, task, context)
+        if task.kind == "call":
+            return self._run_call(conn, task, context)
         if task.kind == "timer":
             return self._transition(conn, task, context, lambda state, now: [TimerFired(now, task.frame)])
         if task.kind == "inbox":
@@ -323,6 +352,51 @@ class Worker:
             if checkpoint is not None:
                 query = _payload(State.from_checkpoint(context.graph, checkpoint), task.frame)
         return query
+
+    def _run_call(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> store.Claim | None:
+        """A Python function step: at-least-once outside the transaction, or exactly-once inside it when the
+        function is declared transactional."""
+        query = self._query(conn, task, context)
+        if query is None:
+            self._drop(conn, task)
+            return None
+        state = self._cached_state(task.instance_id)
+        leaf = state.frames.get(task.frame) if state is not None else None
+        call_context = CallContext(
+            instance_id=task.instance_id,
+            node=task.frame.partition("#")[0],
+            idempotency_key=idempotency_key(state, task.frame) if state is not None else task.frame,
+            attempt=leaf.attempt if isinstance(leaf, Leaf) else 1,
+        )
+        transactional = registered(json.loads(query)["function"]).transactional
+        try:
+            if not transactional:
+                result = self._functions.call(
+                    query, submitter=context.row.submitted_by, worker_role=self._role, context=call_context
+                )
+                return self._transition(
+                    conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)]
+                )
+            with conn.transaction():
+                result = self._functions.call(
+                    query,
+                    submitter=context.row.submitted_by,
+                    worker_role=self._role,
+                    context=evolve(call_context, connection=conn),
+                )
+                store.pin_search_path(conn)
+                if not store.fence(conn, task=task, worker_id=self.id):
+                    raise _LeaseLost
+                return self._record(conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)])
+        except _LeaseLost:
+            return None
+        except _NotLive:
+            self._drop(conn, task)
+            return None
+        except StepError as error:
+            return self._fail(conn, task, context, task.frame, error)
+        finally:
+            store.reset_session(conn)
 
     def _fail_http(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> store.Claim | None:
         if self._settings.get("http_enabled") is not True:
@@ -416,10 +490,12 @@ class Worker:
             updates.extend(self._node_write(context, u) for u in transition.updates)
         wakes = {t.frame: t.wake_at for t in decision.timers}
         runnable = {s.frame: s.kind for s in decision.steps}
+        functions = {s.frame: json.loads(s.payload)["function"] for s in decision.steps if s.kind == "call"}
         live_started = list(dict.fromkeys(f for f in started if f in wakes or f in runnable))
         continue_with = next((f for f in live_started if runnable.get(f) == "sql"), None)
         new_tasks = [
-            store.NewTask(f, runnable.get(f, "timer"), wakes.get(f), leased=(f == continue_with)) for f in live_started
+            store.NewTask(f, runnable.get(f, "timer"), wakes.get(f), f == continue_with, functions.get(f))
+            for f in live_started
         ]
         seq0 = locked.state_version
         write = store.Write(
@@ -542,9 +618,14 @@ def _compact(payload: str) -> str:
     return json.dumps(json.loads(payload), separators=(",", ":"), ensure_ascii=False)
 
 
-def _waiting_for(state: State, decision: Any) -> str | None:
+def _waiting_for(state: State, decision: Decision) -> str | None:
+    """What the instance waits for, shown to users: a worker, a worker with a Python function, a timer or a
+    signal."""
     if state.terminal:
         return None
+    calls = sorted({json.loads(s.payload)["function"] for s in decision.steps if s.kind == "call"})
+    if calls:
+        return "a worker with function " + ", ".join(f"'{name}'" for name in calls)
     if decision.steps:
         return "worker"
     waits = []

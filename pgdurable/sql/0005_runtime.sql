@@ -10,7 +10,9 @@ CREATE TABLE df.tasks (
     instance_id   varchar(8) NOT NULL REFERENCES df.instances (id) ON DELETE CASCADE,
     frame         text NOT NULL,
     kind          text NOT NULL
-        CONSTRAINT tasks_kind_chk CHECK (kind IN ('start', 'inbox', 'sql', 'http', 'http_multipart', 'timer')),
+        CONSTRAINT tasks_kind_chk
+        CHECK (kind IN ('start', 'inbox', 'sql', 'http', 'http_multipart', 'call', 'timer')),
+    function      text,  -- of a 'call': only workers that registered this Python function claim it
     wake_at       timestamptz NOT NULL DEFAULT now(),
     lease_owner   uuid,
     lease_expires timestamptz,
@@ -19,7 +21,7 @@ CREATE TABLE df.tasks (
     claims        integer NOT NULL DEFAULT 0,
     PRIMARY KEY (instance_id, frame)
 );
-CREATE INDEX tasks_due_idx ON df.tasks (wake_at);
+CREATE INDEX tasks_due_idx ON df.tasks ((kind = 'start'), wake_at);
 ALTER TABLE df.tasks ENABLE ROW LEVEL SECURITY;
 
 -- History: every event folded into an instance's checkpoint, in order. `xid` is the transaction that
