@@ -329,6 +329,15 @@ SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.o
 """
 
 
+_MAY_EXECUTE: Final = "SELECT pg_catalog.has_function_privilege(%(role)s::oid, %(function)s, 'EXECUTE')"
+
+
+def may_execute(conn: Conn, *, role_oid: int, function: str) -> bool:
+    """Whether a role may execute a function (the HTTP builders' grants gate HTTP steps)."""
+    row = conn.execute(_MAY_EXECUTE, {"role": role_oid, "function": function}).fetchone()
+    return bool(row and row[0])
+
+
 def find_runner(conn: Conn, *, role_oid: int) -> Runner | None:
     """The role's runner, only if it is owned by the role and SECURITY DEFINER."""
     row = conn.execute(_FIND_RUNNER, {"role": role_oid}).fetchone()
@@ -491,6 +500,15 @@ def read_checkpoint(conn: Conn, *, instance_id: str) -> dict[str, Any] | None:
         "SELECT checkpoint FROM df.instances WHERE id = %(instance)s", {"instance": instance_id}
     ).fetchone()
     return row[0] if row else None
+
+
+_PRUNE: Final = "SELECT df._prune()"
+
+
+def prune(conn: Conn) -> int:
+    """Delete a batch of terminal instances past the retention of df.settings; how many went."""
+    row = conn.execute(_PRUNE).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def notify(conn: Conn, *, channel: str, payload: str) -> None:

@@ -47,6 +47,7 @@ from pgdurable.runtime.events import (
     TimerFired,
     event_to_json,
 )
+from pgdurable.runtime.executors.http import HttpExecutor, HttpPolicy
 from pgdurable.runtime.executors.python import CallContext, FunctionDef, FunctionRegistry, registered
 from pgdurable.runtime.executors.sql import SqlExecutor, StepError
 from pgdurable.runtime.failpoints import failpoint
@@ -68,6 +69,7 @@ class WorkerConfig:
     poll_seconds: float = 1.0
     max_result_bytes: int = 16 * 1024 * 1024  # unless df.settings sets max_result_bytes
     poison_claims: int = 5  # unless df.settings sets poison_claims: a step claimed more often fails
+    prune_seconds: float = 60.0  # how often the worker deletes instances past their retention
     idle_in_transaction_timeout_ms: int = 60_000
 
 
@@ -107,6 +109,7 @@ class Worker:
         self._in_flight: dict[int, store.Claim] = {}  # by slot thread id; their leases are kept alive
         self._executor = SqlExecutor(dsn, max_result_bytes=self.config.max_result_bytes)
         self._functions = FunctionRegistry(functions)
+        self._http_executor: tuple[HttpPolicy, HttpExecutor] | None = None
         self._role = ""  # the role this worker connects as (who may call its functions by default)
         self.steps_run = 0
 
@@ -141,6 +144,8 @@ class Worker:
         except psycopg.Error:
             log.warning("worker %s could not unregister", self.id)
         self._executor.close()
+        if self._http_executor is not None:
+            self._http_executor[1].close()
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -186,7 +191,7 @@ class Worker:
             try:
                 with self._connect() as conn:
                     conn.execute(f"LISTEN {store.WORK_CHANNEL}")
-                    renewed = time.monotonic()
+                    renewed = pruned = time.monotonic()
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=self.config.poll_seconds, stop_after=1):
                             pass
@@ -195,6 +200,9 @@ class Worker:
                         if time.monotonic() - renewed >= self.config.lease_seconds / 3:
                             self._renew(conn)
                             renewed = time.monotonic()
+                        if time.monotonic() - pruned >= self.config.prune_seconds:
+                            store.prune(conn)
+                            pruned = time.monotonic()
             except psycopg.OperationalError as error:
                 log.warning("listener lost its connection (%s); reconnecting", error)
                 self._stopping.wait(self.config.poll_seconds)
@@ -260,7 +268,7 @@ class Worker:
         if task.kind == "sql":
             return self._run_sql(conn, task, context)
         if task.kind in ("http", "http_multipart"):
-            return self._fail_http(conn, task, context)
+            return self._run_http(conn, task, context)
         if task.kind == "call":
             return self._run_call(conn, task, context)
         if task.kind == "timer":
@@ -398,12 +406,43 @@ class Worker:
         finally:
             store.reset_session(conn)
 
-    def _fail_http(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> store.Claim | None:
-        if self._settings.get("http_enabled") is not True:
-            message = "outbound HTTP requests are disabled: set http_enabled in df.settings to allow them"
-        else:
-            message = "HTTP steps are not supported by this worker version"
-        return self._transition(conn, task, context, lambda state, now: [StepFailed(now, task.frame, message)])
+    def _run_http(self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context) -> store.Claim | None:
+        """An HTTP step (at-least-once, outside any transaction), after pg_durable's checks in its order:
+        HTTP enabled, then the submitter's privilege on the builder; the executor then checks the scheme,
+        the allow-list and every address it connects to."""
+        query = self._query(conn, task, context)
+        if query is None:
+            self._drop(conn, task)
+            return None
+        builder = "df.http(text,text,text,jsonb,integer)"
+        if task.kind == "http_multipart":
+            builder = "df.http_multipart(text,text,jsonb,jsonb,integer)"
+        self._load_settings(conn)  # HTTP enablement is checked when the node runs, not when the worker started
+        try:
+            if self._settings.get("http_enabled") is not True:
+                raise StepError("outbound HTTP requests are disabled: set http_enabled in df.settings to allow them")
+            if not store.may_execute(conn, role_oid=context.row.submitter_oid, function=builder):
+                raise StepError(f"permission denied for function {builder.partition('(')[0]}")
+            state = self._cached_state(task.instance_id)
+            key = idempotency_key(state, task.frame) if state is not None else task.frame
+            envelope = self._http().execute(
+                query, multipart=task.kind == "http_multipart", idempotency_key=key, secrets={}
+            )
+        except StepError as error:
+            return self._fail(conn, task, context, task.frame, error)
+        except ValueError as error:  # a bad HTTP setting in df.settings
+            return self._fail(conn, task, context, task.frame, StepError(str(error)))
+        return self._transition(conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, envelope)])
+
+    def _http(self) -> HttpExecutor:
+        """The HTTP executor for the current settings (made again when they change)."""
+        policy = HttpPolicy.from_settings(self._settings)
+        with self._cache_lock:
+            if self._http_executor is None or self._http_executor[0] != policy:
+                if self._http_executor is not None:
+                    self._http_executor[1].close()
+                self._http_executor = (policy, HttpExecutor(policy))
+            return self._http_executor[1]
 
     def _inbox_events(
         self, conn: psycopg.Connection[Any], task: store.Claim
