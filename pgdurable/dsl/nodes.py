@@ -188,6 +188,12 @@ class _Composable:
 
         return explain(cast("Node", self))
 
+    def _repr_markdown_(self) -> str:
+        """Jupyter renders a graph as a Mermaid diagram."""
+        from pgdurable.dsl.mermaid import to_markdown
+
+        return to_markdown(cast("Node", self))
+
 
 _OPERATOR_NAMES: Final = {">>": "THEN (>>)", "&": "JOIN (&)", "|": "RACE (|)"}
 

@@ -329,6 +329,14 @@ SELECT p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.o
 """
 
 
+_SECRETS: Final = "SELECT s.name, s.value FROM df.secrets s WHERE s.owner = %(role)s::oid"
+
+
+def secrets_of(conn: Conn, *, role_oid: int) -> dict[str, str]:
+    """A role's secrets, for resolving {secret:NAME} just before a step runs (never stored anywhere else)."""
+    return {name: value for name, value in conn.execute(_SECRETS, {"role": role_oid}).fetchall()}
+
+
 _MAY_EXECUTE: Final = "SELECT pg_catalog.has_function_privilege(%(role)s::oid, %(function)s, 'EXECUTE')"
 
 

@@ -378,9 +378,14 @@ class Worker:
         )
         transactional = registered(json.loads(query)["function"]).transactional
         try:
+            secrets = store.secrets_of(conn, role_oid=context.row.submitter_oid)
             if not transactional:
                 result = self._functions.call(
-                    query, submitter=context.row.submitted_by, worker_role=self._role, context=call_context
+                    query,
+                    submitter=context.row.submitted_by,
+                    worker_role=self._role,
+                    context=call_context,
+                    secrets=secrets,
                 )
                 return self._transition(
                     conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)]
@@ -391,6 +396,7 @@ class Worker:
                     submitter=context.row.submitted_by,
                     worker_role=self._role,
                     context=evolve(call_context, connection=conn),
+                    secrets=secrets,
                 )
                 store.pin_search_path(conn)
                 if not store.fence(conn, task=task, worker_id=self.id):
@@ -426,7 +432,10 @@ class Worker:
             state = self._cached_state(task.instance_id)
             key = idempotency_key(state, task.frame) if state is not None else task.frame
             envelope = self._http().execute(
-                query, multipart=task.kind == "http_multipart", idempotency_key=key, secrets={}
+                query,
+                multipart=task.kind == "http_multipart",
+                idempotency_key=key,
+                secrets=store.secrets_of(conn, role_oid=context.row.submitter_oid),
             )
         except StepError as error:
             return self._fail(conn, task, context, task.frame, error)

@@ -73,3 +73,21 @@ def test_http_is_refused_where_it_is_not_allowed(client: Client, http_enabled: N
     instance = client.start(http("http://10.0.0.5/x", "GET"))
     assert instance.wait(timeout=30) == "failed"
     assert "allow-list" in (client.output(instance.id) or "")
+
+
+def test_secrets_reach_the_request_but_never_the_database(
+    client: Client, server: str, http_enabled: None, app: psycopg.Connection[Any], admin: psycopg.Connection[Any]
+) -> None:
+    app.execute("SELECT df.set_secret('embed_token', 'tok-7f3a9')")
+    instance = client.start(http(f"{server}/embed", "POST", "x", {"Authorization": "Bearer {secret:embed_token}"}))
+    assert instance.wait(timeout=30) == "completed", client.output(instance.id)
+    assert received[-1]["authorization"] == "Bearer tok-7f3a9"
+    stored = admin.execute(
+        "SELECT concat(i.graph, i.checkpoint::text, string_agg(h.event, ''), string_agg(n.result::text, ''))"
+        " FROM df.instances i JOIN df.history h ON h.instance_id = i.id JOIN df.nodes n ON n.instance_id = i.id"
+        " WHERE i.id = %s GROUP BY i.id",
+        (instance.id,),
+    ).fetchone()
+    assert stored is not None and "tok-7f3a9" not in stored[0] and "{secret:embed_token}" in stored[0]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app.execute("SELECT value FROM df.secrets")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -116,8 +117,17 @@ class FunctionRegistry:
             raise ValueError(f"functions given twice: {', '.join(duplicates)}")
         self.names: Final = tuple(names)
 
-    def call(self, payload: str, *, submitter: str, worker_role: str, context: CallContext) -> str:
-        """Run the call in `payload` ({"function", "args"}); its JSON result text."""
+    def call(
+        self,
+        payload: str,
+        *,
+        submitter: str,
+        worker_role: str,
+        context: CallContext,
+        secrets: Mapping[str, str] | None = None,
+    ) -> str:
+        """Run the call in `payload` ({"function", "args"}); its JSON result text. `{secret:NAME}` in string
+        arguments is resolved from `secrets` here, at the last moment, so it is never stored."""
         request = json.loads(payload)
         name = request["function"]
         if name not in self.names:
@@ -126,7 +136,26 @@ class FunctionRegistry:
         allowed = definition.roles if definition.roles is not None else (worker_role,)
         if submitter not in allowed:
             raise StepError(f"role {submitter} may not call function {name!r} (allowed: {', '.join(allowed)})")
-        return _invoke(definition, request["args"], context)
+        return _invoke(definition, _with_secrets(request["args"], secrets or {}), context)
+
+
+_SECRET: Final = re.compile(r"\{secret:([A-Za-z_][A-Za-z0-9_.-]*)\}")
+
+
+def _with_secrets(value: Any, secrets: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _with_secrets(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_secrets(v, secrets) for v in value]
+    if isinstance(value, str):
+
+        def secret(match: re.Match[str]) -> str:
+            if match[1] not in secrets:
+                raise StepError(f"secret {match[1]!r} is not set for this role (df.set_secret)")
+            return secrets[match[1]]
+
+        return _SECRET.sub(secret, value)
+    return value
 
 
 def _invoke(definition: FunctionDef, args: Mapping[str, Any], context: CallContext) -> str:
