@@ -35,6 +35,7 @@ from pgdurable.dsl.nodes import (
     WaitForSchedule,
     WaitForSignal,
 )
+from pgdurable.dsl.policy import retry_policy_from_config
 from pgdurable.dsl.validate import children
 from pgdurable.errors import PgdurableError
 from pgdurable.runtime.events import (
@@ -84,6 +85,7 @@ __all__ = [
 StepKind = Literal["sql", "http", "http_multipart", "call"]
 _STEP_KINDS: Final = ("sql", "http", "http_multipart", "call")
 MAX_BUFFERED_SIGNALS: Final = 1000
+DEADLINE: Final = "deadline#"  # the frame of a start's deadline timer
 BREAK_OUTSIDE_LOOP: Final = "df.break() was called outside of a loop"
 RACE_LOSER_LOOP: Final = "Loop branch cancelled after losing RACE"
 # Named results are kept for these node types only; naming a SLEEP, WAIT_SCHEDULE or BREAK has no effect.
@@ -156,8 +158,13 @@ def begin(graph: Node, started: Started) -> Transition:
         loop_floor_seconds=started.loop_floor_seconds,
         loop_max_iterations=started.loop_max_iterations,
         scopes={"s0": {}},
+        default_retry=started.retry,
     )
     fold = _Fold(state, started.at)
+    if started.deadline_seconds is not None:
+        deadline = started.at + timedelta(seconds=started.deadline_seconds)
+        fold.frames[DEADLINE] = Leaf(DEADLINE, None, "s0", "timer", wake_at=deadline, payload=None)
+        fold.started.append(DEADLINE)
     fold.activate("root", (), None, "s0")
     return fold.done()
 
@@ -627,6 +634,11 @@ class _Fold:
         frame = self.frames.get(key)
         if self.state.terminal or frame is None or getattr(frame, "wake_at", None) is None:
             raise NondeterminismError(f"instance {self.state.instance_id}: no live timer {key}")
+        if key == DEADLINE:
+            self.finished.append(key)
+            self.frames.pop(key, None)
+            self.abort("the workflow's deadline passed: what still ran was cancelled")
+            return
         if isinstance(frame, Leaf) and frame.payload is not None:  # a retry's backoff is over: run it again
             self.frames[key] = evolve(frame, wake_at=None, attempt=frame.attempt + 1)
             self.finished.append(key)
@@ -735,6 +747,8 @@ class _Fold:
         path = split_key(key)[0]
         node = self.index.nodes[path]
         policy = node.retry if isinstance(node, Step | Http | HttpMultipart | Call) else None
+        if policy is None and self.state.default_retry is not None:
+            policy = retry_policy_from_config(self.state.default_retry)
         if policy is not None and leaf.attempt < policy.max_attempts and policy.retries(detail.get("sqlstate")):
             delay = policy.delay_ms(leaf.attempt, _jitter(self.state.instance_id, key, leaf.attempt))
             self.frames[key] = evolve(leaf, wake_at=self.at + timedelta(milliseconds=delay))

@@ -40,6 +40,8 @@ class Started:
     loop_floor_seconds: float
     loop_max_iterations: int
     engine_version: int = ENGINE_VERSION
+    retry: dict[str, Any] | None = None  # the start's default retry policy (df.start_with option `retry`)
+    deadline_seconds: int | None = None  # the start's deadline (df.start_with option `deadline_seconds`)
 
 
 @frozen

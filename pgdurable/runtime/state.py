@@ -138,6 +138,7 @@ class State:
     next_scope: int = 1
     events: int = 0
     execution_count: int = 1
+    default_retry: dict[str, Any] | None = None  # for steps without a policy of their own
 
     @property
     def terminal(self) -> bool:
@@ -159,6 +160,7 @@ class State:
             "next_scope": self.next_scope,
             "events": self.events,
             "execution_count": self.execution_count,
+            "default_retry": self.default_retry,
         }
 
     @classmethod
@@ -179,6 +181,7 @@ class State:
             next_scope=data["next_scope"],
             events=data["events"],
             execution_count=data["execution_count"],
+            default_retry=data.get("default_retry"),
         )
 
 

@@ -327,3 +327,39 @@ def test_retry_waits_are_deterministic_with_jitter() -> None:
     first = run_flaky(retry("SELECT 1", max_attempts=4), Flaky(3, "40001"))
     second = run_flaky(retry("SELECT 1", max_attempts=4), Flaky(3, "40001"))
     assert first.now == second.now != T0
+
+
+def test_a_start_deadline_ends_what_still_runs() -> None:
+    from pgdurable.runtime.engine import begin
+    from pgdurable.runtime.events import Started
+
+    sim = Simulation(Step("SELECT 1"))
+    started = Started(T0, "abcd1234", None, {}, 0.0, 100, deadline_seconds=30)
+    sim.state = begin(join(sleep(10) >> sleep(100), wait_for_signal("never")), started).state
+    sim.graph = join(sleep(10) >> sleep(100), wait_for_signal("never"))
+    sim.events = [started]
+    state = sim.run()
+    assert state.status == "failed" and "deadline" in (state.output or "")
+    assert sim.now - T0 == timedelta(seconds=30)
+    assert state.frames == {}
+
+
+def test_a_start_retry_policy_applies_to_steps_without_one() -> None:
+    from pgdurable.runtime.engine import begin
+    from pgdurable.runtime.events import Started, StepFailed, TimerFired
+
+    graph = Step("UPDATE t SET n = 1")
+    started = Started(
+        T0,
+        "abcd1234",
+        None,
+        {},
+        0.0,
+        100,
+        retry={"max_attempts": 2, "backoff_ms": 500, "max_backoff_ms": 500, "multiplier": 1, "jitter_pct": 0},
+    )
+    state = begin(graph, started).state
+    state = apply(state, StepFailed(T0, "root#", "SQL execution failed: deadlock", {"sqlstate": "40P01"}))
+    assert state.status == "running" and decide(graph, state).timers[0].wake_at == T0 + timedelta(milliseconds=500)
+    state = apply(state, TimerFired(T0 + timedelta(milliseconds=500), "root#"))
+    assert decide(graph, state).steps[0].frame == "root#"
