@@ -19,6 +19,7 @@ from attrs import frozen
 from psycopg import sql
 
 from pgdurable.dsl.nodes import NODE_CLASSES, Node
+from pgdurable.dsl.policy import RetryPolicy
 from pgdurable.errors import PgdurableError
 
 __all__ = ["Client", "Instance", "InstanceSummary", "WaitTimeout"]
@@ -59,6 +60,12 @@ class Instance:
 
     def __repr__(self) -> str:
         return f"Instance({self.id!r})"
+
+    def _repr_markdown_(self) -> str:
+        """Jupyter renders an instance as a Mermaid diagram with each node's status."""
+        from pgdurable.notebook import instance_markdown
+
+        return instance_markdown(self.client, self.id)
 
     def status(self) -> str | None:
         return self.client.status(self.id)
@@ -115,17 +122,23 @@ class Client:
         vars: Mapping[str, str] | None = None,
         conn: psycopg.Connection[Any] | None = None,
         idempotency_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        deadline_seconds: int | None = None,
     ) -> Instance:
         """Start a workflow: a graph object, or SQL DSL text (`'SELECT 1' ~> 'SELECT 2'`) or plain SQL.
 
         With `conn=`, the start joins that connection's transaction: it happens only if the caller commits.
         With `idempotency_key=`, a start with a key this role already used returns that instance (even when
         the two starts race), and raises `psycopg.errors.UniqueViolation` if its graph differs; deleting the
-        instance releases the key.
+        instance releases the key. `retry` is the policy for steps that have none of their own;
+        `deadline_seconds` ends the instance (failed) with whatever still runs once that time has passed.
         """
         options: dict[str, Any] = {"label": label, "database": database, "idempotency_key": idempotency_key}
         if vars:
             options["vars"] = dict(vars)
+        if retry is not None:
+            options["retry"] = json.loads(retry.to_json())
+        options["deadline_seconds"] = deadline_seconds
         options = {k: v for k, v in options.items() if v is not None}
         params = {"options": json.dumps(options)}
         if isinstance(graph, NODE_CLASSES):

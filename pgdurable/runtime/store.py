@@ -79,6 +79,7 @@ class InstanceRow:
     database: str | None
     vars: dict[str, str]
     created_at: datetime
+    options: dict[str, Any]  # of df.start_with that the engine applies: retry, deadline_seconds
 
 
 @frozen
@@ -286,7 +287,7 @@ def tasks_of(conn: Conn, *, instance_id: str) -> list[tuple[str, str, int | None
 
 _LOAD: Final = """
 SELECT i.id, i.label, i.graph, i.root_node, i.submitted_by::text, i.submitted_by::oid, i.database, i.vars,
-       i.created_at
+       i.created_at, i.options
   FROM df.instances i WHERE i.id = %(instance)s
 """
 _NODES: Final = """
@@ -303,7 +304,7 @@ def load_instance(conn: Conn, *, instance_id: str) -> InstanceRow | None:
     if row is None:
         return None
     variables = {k: str(v) for k, v in row[7].items()}
-    return InstanceRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], variables, row[8])
+    return InstanceRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], variables, row[8], row[9])
 
 
 def node_rows(conn: Conn, *, instance_id: str) -> list[tuple[str, str, str | None, str | None, str | None]]:

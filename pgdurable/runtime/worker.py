@@ -595,6 +595,8 @@ class Worker:
             vars=context.row.vars,
             loop_floor_seconds=float(self._settings.get("loop_floor_seconds", 1)),
             loop_max_iterations=int(self._settings.get("loop_max_iterations", 100_000)),
+            retry=context.row.options.get("retry"),
+            deadline_seconds=context.row.options.get("deadline_seconds"),
         )
 
     def _cached_state(self, instance_id: str) -> State | None:
