@@ -42,8 +42,17 @@ $$;
 -- The root graph of df.start's argument (reference §3.3, strict variant): a JSON object with a string
 -- node_type is a graph and must validate; any other text is a single SQL node.
 CREATE FUNCTION df._root_graph(p_fut text) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE
-AS $$ SELECT coalesce(df._parse_envelope(p_fut), jsonb_build_object('node_type', 'SQL', 'query', p_fut)) $$;
+    LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    -- JSON that jsonb cannot hold (a \u0000 escape) is a graph with a NUL in a string, not SQL text
+    IF p_fut ~ '^[ \t\n\r]*\{' AND p_fut ~* '\\u0000' AND df._parse_envelope(p_fut) IS NULL THEN
+        RAISE EXCEPTION 'Invalid durable function: root: strings may not contain NUL (\u0000)'
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN coalesce(df._parse_envelope(p_fut), jsonb_build_object('node_type', 'SQL', 'query', p_fut));
+END
+$$;
 
 -- Validate a graph for df.start (raises 'Invalid durable function: <path>: <problem>').
 CREATE FUNCTION df._validated(g jsonb) RETURNS df._graph
