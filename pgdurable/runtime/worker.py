@@ -193,10 +193,10 @@ class Worker:
                     conn.execute(f"LISTEN {store.WORK_CHANNEL}")
                     renewed = pruned = time.monotonic()
                     while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=self.config.poll_seconds, stop_after=1):
-                            pass
-                        with self._wake:
-                            self._wake.notify_all()
+                        notices = sum(1 for _ in conn.notifies(timeout=self.config.poll_seconds, stop_after=1))
+                        if notices:  # one slot per notice; idle slots also poll on their own for due timers
+                            with self._wake:
+                                self._wake.notify(notices)
                         if time.monotonic() - renewed >= self.config.lease_seconds / 3:
                             self._renew(conn)
                             renewed = time.monotonic()
