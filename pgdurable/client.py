@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any, Final
 import psycopg
 from attrs import frozen
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from pgdurable.dsl.nodes import NODE_CLASSES, Node
 from pgdurable.dsl.policy import RetryPolicy
@@ -95,15 +97,39 @@ class Client:
     The DSN is the argument, else `PGDURABLE_DSN`, else the embedded default's application role.
     """
 
-    def __init__(self, dsn: str | None = None) -> None:
+    def __init__(self, dsn: str | None = None, *, pool_size: int = 4) -> None:
         self.dsn = dsn or os.environ.get(DSN_ENV) or _embedded_app_dsn()
+        self._pool_size = pool_size
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._pool_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the client's connections (a new call opens them again)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     @contextmanager
     def _connection(self, conn: psycopg.Connection[Any] | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """The caller's connection, or one of the client's: sessions are reused, so PostgreSQL compiles the
+        df functions once per session rather than once per call."""
         if conn is not None:
             yield conn
             return
-        with psycopg.connect(self.dsn, autocommit=True) as own:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.dsn, min_size=0, max_size=self._pool_size, kwargs={"autocommit": True}, open=True
+                )
+            pool = self._pool
+        with pool.connection() as own:
             yield own
 
     def _one(self, query: sql.Composable | str, params: Mapping[str, Any], conn: Any = None) -> Any:
