@@ -385,6 +385,14 @@ def read_inbox(conn: Conn, *, instance_id: str) -> list[InboxItem]:
     return [InboxItem(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
+_CANCEL_PENDING: Final = "SELECT EXISTS (SELECT 1 FROM df.cancel_requests c WHERE c.instance_id = %(instance)s)"
+
+
+def cancel_pending(conn: Conn, *, instance_id: str) -> bool:
+    row = conn.execute(_CANCEL_PENDING, {"instance": instance_id}).fetchone()
+    return bool(row and row[0])
+
+
 def delete_inbox(conn: Conn, *, items: Iterable[InboxItem]) -> None:
     signals = [i.id for i in items if i.table == "signals"]
     cancels = [i.id for i in items if i.table == "cancel_requests"]

@@ -501,6 +501,8 @@ class Worker:
         state = None if locked.checkpoint is None else self._state(context, locked)
         if task.kind == "start" and state is not None:
             raise _NotLive  # begun meanwhile (by an inbox item): its first step is an item of its own now
+        if task.kind == "start" and store.cancel_pending(conn, instance_id=task.instance_id):
+            raise _NotLive  # cancelled before it began: roll the first step back; the inbox item cancels it
         if state is None:
             started = self._started(context)
             transition = begin(context.graph, started)

@@ -3,6 +3,11 @@
 
 ALTER TABLE df.instances ADD COLUMN options jsonb NOT NULL DEFAULT '{}';
 
+INSERT INTO df.settings (key, value, description) VALUES
+    ('poison_claims', '5',
+     'a step whose work item was claimed more often than this (its workers kept crashing) fails')
+ON CONFLICT (key) DO NOTHING;
+
 -- Record a new instance's options. SECURITY DEFINER (users cannot update df.instances), so it checks that
 -- the session may act as the submitting role and that the instance has not started yet.
 CREATE FUNCTION df._set_start_options(p_id text, p_role regrole, p_options jsonb) RETURNS void

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -77,3 +78,22 @@ def test_a_deadline_cancels_what_still_runs(client: Client) -> None:
     instance = client.start(sleep(60) & wait_for_signal("never"), deadline_seconds=1)
     assert instance.wait(timeout=30) == "failed"
     assert "deadline" in (client.output(instance.id) or "")
+
+
+def test_a_cancel_committed_with_the_start_wins_over_the_first_step(
+    app: psycopg.Connection[Any], client: Client
+) -> None:
+    for _ in range(10):
+        with app.transaction():
+            row = app.execute("SELECT df.start('SELECT 1')").fetchone()
+            assert row is not None
+            app.execute("SELECT df.cancel(%s)", (row[0],))
+        # wait until the worker has taken the cancel request in: then df.status reads the row's own status
+        for _ in range(600):
+            pending = app.execute("SELECT count(*) FROM df.cancel_requests WHERE instance_id = %s", row).fetchone()
+            if pending == (0,):
+                break
+            time.sleep(0.05)
+        assert pending == (0,)
+        assert client.status(row[0]) == "cancelled"
+        assert client.result(row[0]) is None
