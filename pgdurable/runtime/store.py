@@ -450,7 +450,7 @@ SELECT %(instance)s, t.frame, t.kind, coalesce(t.wake_at, now()),
        AS t(frame, kind, wake_at, leased, function)
 ON CONFLICT (instance_id, frame) DO UPDATE
    SET kind = EXCLUDED.kind, wake_at = EXCLUDED.wake_at, lease_owner = EXCLUDED.lease_owner,
-       lease_expires = EXCLUDED.lease_expires, lease_gen = df.tasks.lease_gen + 1,
+       lease_expires = EXCLUDED.lease_expires, lease_gen = df.tasks.lease_gen + 1, claims = 0,
        backend_pid = EXCLUDED.backend_pid, function = EXCLUDED.function
 RETURNING frame, lease_gen, lease_owner IS NOT NULL
 """

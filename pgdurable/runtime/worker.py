@@ -242,9 +242,15 @@ class Worker:
             slot = threading.get_ident()
             try:
                 while task is not None and not self._stopping.is_set():
+                    current = task
                     with self._cache_lock:
-                        self._in_flight[slot] = task
-                    task = self._handle(conn, task)
+                        self._in_flight[slot] = current
+                    try:
+                        task = self._handle(conn, current)
+                    except BaseException:
+                        # a transaction that did not commit may have left a state that was never stored
+                        self._forget(current.instance_id)
+                        raise
                 if task is not None:  # stopping: hand the next step back instead of sitting on its lease
                     store.release(conn, task=task, wake_at=None)
             finally:
@@ -281,6 +287,11 @@ class Worker:
         """Begin an instance. Its first SQL step runs in the same transaction, so that a workflow of S steps
         costs S + 1 commits (the start, then one per step)."""
         first = decide(context.graph, begin(context.graph, self._started(context)).state).steps
+        poison_limit = int(self._settings.get("poison_claims") or self.config.poison_claims)
+        if first and first[0].kind == "sql" and task.claims > poison_limit:
+            node = first[0].frame.partition("#")[0]
+            crashed = StepError(f"worker crashed {task.claims - 1} times on node {node}")
+            return self._fail(conn, task, context, first[0].frame, crashed)
         if first and first[0].kind == "sql" and context.row.database is None:
             return self._run_sql(conn, task, context, frame=first[0].frame, query=first[0].payload)
         return self._transition(conn, task, context, lambda state, now: [])
@@ -588,6 +599,10 @@ class Worker:
                 store.finish_tasks(conn, instance_id=task.instance_id, frames=[task.frame])
 
     # -- state and context -----------------------------------------------------------------------------
+
+    def _forget(self, instance_id: str) -> None:
+        with self._cache_lock:
+            self._states.pop(instance_id, None)
 
     def _started(self, context: _Context) -> Started:
         return Started(

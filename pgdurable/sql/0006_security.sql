@@ -191,11 +191,14 @@ DROP FUNCTION df._runner_body(name);
 
 -- Create, or re-create with the current body, the runner of a role (df.grant_usage calls this).
 --
--- Who may: a role that can act as p_role, since p_role owns its runner (ALTER FUNCTION ... OWNER TO needs the
--- SET option on PostgreSQL 16+, membership before), and that owns df_exec (the df owner) or is a superuser,
--- since CREATE on df_exec is granted to p_role and revoked again within this transaction (so no role ever
--- holds it outside it). An existing runner is dropped first (the owner of df_exec may drop any function in
--- it): a new one is never a replacement of a function someone else prepared.
+-- Who may: a role whose session may act as p_role (SET ROLE: the session user needs the SET option on
+-- PostgreSQL 16+, membership before), since p_role creates and owns its runner; and that owns df_exec (the
+-- df owner) or is a superuser, since USAGE and CREATE on df_exec are granted to p_role and revoked again within
+-- this transaction (so no role ever holds them outside it). The function is created by p_role itself, which grants
+-- EXECUTE to the worker (the df owner): created by anyone else and handed over, the grant would be lost when
+-- the creator is the worker. An existing runner is dropped first (the owner of df_exec may drop any function
+-- in it): a new runner is never a replacement of a function someone else prepared. EXECUTE is not revoked
+-- from PUBLIC, so that a delegated admin (with_grant) who lacks these rights learns why from the message.
 CREATE OR REPLACE FUNCTION df._install_runner(p_role text) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -209,17 +212,19 @@ DECLARE
     v_exec_owner constant regrole := (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = 'df_exec')::regrole;
     v_act constant text := CASE WHEN current_setting('server_version_num')::integer >= 160000 THEN 'SET'
                                 ELSE 'MEMBER' END;
+    v_previous_role constant text := current_setting('role');
+    v_body text;
 BEGIN
     IF v_oid IS NULL THEN
         RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = '42704';
     END IF;
-    IF NOT pg_has_role(current_user, v_oid, v_act) THEN
-        RAISE EXCEPTION 'df.grant_usage: % cannot create the step runner of role %', current_user, v_role
+    IF NOT pg_has_role(session_user, v_oid, v_act) THEN
+        RAISE EXCEPTION 'df.grant_usage: % cannot create the step runner of role %', session_user, v_role
             USING ERRCODE = '42501',
                   DETAIL = format('A role''s steps run in a function that the role owns, so df.grant_usage must run '
-                                  'as a role that can act as %s (SET ROLE %s), and owns schema df_exec.',
+                                  'in a session that can act as %s (SET ROLE %s), as the owner of schema df_exec.',
                                   v_role, v_role),
-                  HINT = format('Run it as a superuser; or, on PostgreSQL 16+, as the df owner %s after an '
+                  HINT = format('Run it as a superuser; or, on PostgreSQL 16+, logged in as the df owner %s after an '
                                 'administrator with ADMIN on %s (a CREATEROLE role that created it) ran: '
                                 'GRANT %s TO %s WITH INHERIT FALSE, SET TRUE',
                                 v_exec_owner, v_role, v_role, v_exec_owner);
@@ -231,17 +236,19 @@ BEGIN
                                   'them there.', v_exec_owner),
                   HINT = format('Run df.grant_usage as %s.', v_exec_owner);
     END IF;
+    v_body := df._runner_body(v_oid);
     EXECUTE format('DROP FUNCTION IF EXISTS %s', v_signature);
+    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA df_exec TO %s', v_role);
+    PERFORM set_config('role', p_role, true);
     EXECUTE format('CREATE FUNCTION %s(p_sql text, p_max_bytes bigint) RETURNS text '
-                   'LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS %L', v_name, df._runner_body(v_oid));
+                   'LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS %L', v_name, v_body);
     EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_signature);
     EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', v_signature, v_worker);
-    EXECUTE format('GRANT CREATE ON SCHEMA df_exec TO %s', v_role);
-    EXECUTE format('ALTER FUNCTION %s OWNER TO %s', v_signature, v_role);
-    EXECUTE format('REVOKE CREATE ON SCHEMA df_exec FROM %s', v_role);
+    PERFORM set_config('role', v_previous_role, true);
+    EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA df_exec FROM %s', v_role);
 END
 $$;
-REVOKE EXECUTE ON FUNCTION df._install_runner(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION df._install_runner(text) TO PUBLIC;
 
 -- Every existing runner gets the new body. One this migration cannot re-create (its role cannot be acted as
 -- by the installer) is dropped rather than left with the old body: that role's steps then fail with "has no
@@ -259,7 +266,7 @@ BEGIN
          WHERE n.nspname = 'df_exec' AND p.proname ~ '^run_[0-9]+$'
     LOOP
         IF v_runner.rolname IS NOT NULL AND v_runner.well_formed
-           AND pg_has_role(current_user, v_runner.proowner,
+           AND pg_has_role(session_user, v_runner.proowner,
                            CASE WHEN current_setting('server_version_num')::integer >= 160000 THEN 'SET'
                                 ELSE 'MEMBER' END) THEN
             PERFORM df._install_runner(v_runner.rolname);
