@@ -177,7 +177,10 @@ class Worker:
             autocommit=True,
             prepare_threshold=0,
             application_name="pgdurable-worker",
-            options=f"-c idle_in_transaction_session_timeout={self.config.idle_in_transaction_timeout_ms}",
+            # a pinned search_path: the worker's own statements resolve names and operators in pg_catalog only
+            # (the runner gives steps the role's or the database's search_path)
+            options=f"-c idle_in_transaction_session_timeout={self.config.idle_in_transaction_timeout_ms}"
+            " -c search_path=pg_catalog,pg_temp",
         )
 
     def _load_settings(self, conn: psycopg.Connection[Any]) -> None:

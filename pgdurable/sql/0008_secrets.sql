@@ -35,6 +35,9 @@ DECLARE
     -- the caller: inside SECURITY DEFINER, current_user is the definer, so take it from the invoker's session
     v_role constant regrole := df._invoker();
 BEGIN
+    IF df._in_step_runner() THEN  -- inside a step the session is the worker's, not the caller's
+        RAISE EXCEPTION '% cannot be called inside a workflow', 'df.set_secret' USING ERRCODE = '0A000';
+    END IF;
     PERFORM df._refuse_in_workflow('df.set_secret');
     IF set_secret.name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,99}$' THEN
         RAISE EXCEPTION 'df.set_secret: secret name ''%'' is not valid (letters, digits, _ . -, up to 100)',
@@ -52,6 +55,9 @@ CREATE FUNCTION df.unset_secret(name text) RETURNS text
 AS $$
 #variable_conflict use_column
 BEGIN
+    IF df._in_step_runner() THEN  -- inside a step the session is the worker's, not the caller's
+        RAISE EXCEPTION '% cannot be called inside a workflow', 'df.unset_secret' USING ERRCODE = '0A000';
+    END IF;
     DELETE FROM df.secrets s WHERE s.owner = df._invoker() AND s.name = unset_secret.name;
     RETURN 'OK';
 END
@@ -59,6 +65,13 @@ $$;
 
 -- The names (never the values) of the calling role's secrets.
 CREATE FUNCTION df.secret_names() RETURNS SETOF text
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-AS $$ SELECT s.name FROM df.secrets s WHERE s.owner = df._invoker() ORDER BY s.name $$;
+AS $$
+BEGIN
+    IF df._in_step_runner() THEN  -- inside a step the session is the worker's, not the caller's
+        RAISE EXCEPTION '% cannot be called inside a workflow', 'df.secret_names' USING ERRCODE = '0A000';
+    END IF;
+    RETURN QUERY SELECT s.name FROM df.secrets s WHERE s.owner = df._invoker() ORDER BY s.name;
+END
+$$;

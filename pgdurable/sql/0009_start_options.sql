@@ -15,6 +15,9 @@ CREATE FUNCTION df._set_start_options(p_id text, p_role regrole, p_options jsonb
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF df._in_step_runner() THEN  -- inside a step the session is the worker's, not the caller's
+        RAISE EXCEPTION '% cannot be called inside a workflow', 'df.start_with' USING ERRCODE = '0A000';
+    END IF;
     IF NOT pg_has_role(session_user, p_role, 'MEMBER') THEN
         RAISE EXCEPTION 'df.start_with: options can only be set by the submitting role' USING ERRCODE = '42501';
     END IF;

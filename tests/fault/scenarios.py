@@ -841,8 +841,9 @@ class FirstStepPoisonProbe:
 
 def first_step_poison(cluster: Cluster, limit: int = 2) -> FirstStepPoisonProbe:
     """A workflow whose FIRST step kills every worker that runs it (the `after_runner` failpoint), with
-    `poison_claims` = `limit`: after `limit` + 1 deaths, the next worker must fail the step as poison
-    ("worker crashed N times") and live on, instead of dying like the others."""
+    `poison_claims` = `limit`: after `limit` deaths, the next worker (whose claim is the `limit` + 1-th) must
+    fail the step as poison ("worker crashed `limit` times") and live on, instead of dying like the others.
+    At most `limit` + 2 workers are tried."""
     crashes = limit + 1
     with trial_database(cluster, "fault_first_step_poison") as db:
         workers = Workers(db.owner_dsn, _log_dir(cluster, db.name))

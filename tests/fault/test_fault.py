@@ -21,7 +21,7 @@ from tests.fault.scenarios import first_step_poison, retry_then_crash, run, stal
 SCALE = int(os.environ.get("PGDURABLE_FAULT_TRIALS", "1"))
 SEED = int(os.environ.get("PGDURABLE_FAULT_SEED", "0"))
 
-# Trials per scenario in CI: with the two bug probes, about 100 s in all on a 2-core machine.
+# Trials per scenario in CI: with the three regression probes, about 65 s in all on a 2-core machine.
 CI_TRIALS = {"sigkill": 2, "pg_crash": 1, "terminate": 1, "fence": 1, "conflicts": 1}
 
 

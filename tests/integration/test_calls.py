@@ -42,7 +42,7 @@ def boom() -> None:
 @function(name="test_record", transactional=True)
 def record(marker: str, context: CallContext) -> str:
     assert context.connection is not None
-    context.connection.execute("INSERT INTO call_effects VALUES (%s, txid_current())", (marker,))
+    context.connection.execute("INSERT INTO public.call_effects VALUES (%s, txid_current())", (marker,))
     return marker
 
 

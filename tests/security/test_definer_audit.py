@@ -97,11 +97,6 @@ def test_only_the_harmless_ones_are_executable_by_everyone(catalog: Conn) -> Non
     assert wrong == [], f"PUBLIC EXECUTE differs from the review: {wrong}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="0008_secrets: df._invoker() is the worker inside a step; the secret functions must refuse there "
-    "(IF df._in_step_runner() THEN RAISE ...), as df._start_new does",
-)
 def test_the_secret_functions_act_for_the_submitter_inside_a_step(sec: Cast) -> None:
     """df.set_secret, df.unset_secret and df.secret_names take their caller from the session (SET ROLE, else
     session_user). Inside a step the session is the worker's, so they would list, delete and overwrite the

@@ -190,13 +190,6 @@ def test_a_superuser_instance_written_around_df_start_is_refused(cast: Cast, df_
 # -- session_user inside a step ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="0009_start_options: df._set_start_options checks pg_has_role(session_user, p_role), and inside a step "
-    "session_user is the worker (a member of every role): any step may set the options (retries, deadline) of "
-    "another role's instance that has not started. Fix: refuse inside steps (IF df._in_step_runner() THEN RAISE), "
-    "as df._start_new does",
-)
 def test_a_step_cannot_set_another_roles_start_options(cast: Cast, df_db: DfDatabase) -> None:
     with cast.connect() as conn:
         if conn.execute("SELECT to_regprocedure('df._set_start_options(text, regrole, jsonb)')").fetchone() == (None,):

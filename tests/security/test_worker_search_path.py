@@ -50,13 +50,6 @@ def planted(sec: Cast) -> Iterator[None]:
         conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(sql.Identifier(sec.attacker)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker.py connects with the database's search_path: its claims, loads and transitions resolve "
-    "operators through public. Fix: connect with options '-c search_path=pg_catalog,pg_temp' (RESET ALL keeps "
-    "a startup option), as the admin connections of the login lane do; the runner then gives steps the "
-    "role's or the database's search_path",
-)
 @pytest.mark.usefixtures("planted")
 def test_the_worker_never_runs_an_operator_planted_on_its_search_path(sec: Cast) -> None:
     for _ in range(3):

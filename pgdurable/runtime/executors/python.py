@@ -4,7 +4,8 @@ its functions explicitly, and CALL nodes run them.
 A plain call runs outside the step's transaction (at-least-once; its context carries the stable
 idempotency key). A function declared `transactional=True` receives the step's connection and runs inside
 its transaction, so its database writes commit exactly once with the checkpoint. Functions are trusted
-code: they run with the worker's identity, not the submitter's.
+code: they run with the worker's identity, not the submitter's, and on the worker's connection, whose
+`search_path` is pinned to `pg_catalog, pg_temp`: schema-qualify the names they use.
 """
 
 from __future__ import annotations
