@@ -36,16 +36,13 @@ __all__ = [
     "heartbeat",
     "load_instance",
     "lock_instance",
-    "next_wake",
     "node_rows",
     "pin_search_path",
-    "read_history",
     "read_inbox",
     "register_worker",
     "release",
     "reset_session",
     "run_step",
-    "tasks_of",
     "unregister_worker",
     "write",
 ]
@@ -214,8 +211,6 @@ UPDATE df.tasks SET lease_owner = NULL, lease_expires = NULL, wake_at = %(wake_a
  WHERE instance_id = %(instance)s AND frame = %(frame)s AND lease_gen = %(gen)s
 """
 
-_NEXT_WAKE: Final = "SELECT min(wake_at) FROM df.tasks WHERE lease_expires IS NULL OR lease_expires < now()"
-
 
 def claim(
     conn: Conn, *, worker_id: UUID, limit: int, lease_seconds: float, functions: Sequence[str] = ()
@@ -268,19 +263,6 @@ def release(conn: Conn, *, task: Claim, wake_at: datetime | None) -> None:
         _RELEASE,
         {"instance": task.instance_id, "frame": task.frame, "gen": task.lease_gen, "wake_at": wake_at or "now"},
     )
-
-
-def next_wake(conn: Conn) -> datetime | None:
-    row = conn.execute(_NEXT_WAKE).fetchone()
-    return row[0] if row else None
-
-
-def tasks_of(conn: Conn, *, instance_id: str) -> list[tuple[str, str, int | None]]:
-    """(frame, kind, backend pid) of an instance's work items."""
-    rows = conn.execute(
-        "SELECT frame, kind, backend_pid FROM df.tasks WHERE instance_id = %(instance)s", {"instance": instance_id}
-    ).fetchall()
-    return [(r[0], r[1], r[2]) for r in rows]
 
 
 # -- instances -------------------------------------------------------------------------------------------
@@ -530,15 +512,6 @@ def prune(conn: Conn) -> int:
 
 def notify(conn: Conn, *, channel: str, payload: str) -> None:
     conn.execute(_NOTIFY, {"channel": channel, "payload": payload})
-
-
-def read_history(conn: Conn, *, instance_id: str) -> list[tuple[int, str, int]]:
-    """(seq, event JSON, transaction id) of an instance's history, in order."""
-    rows = conn.execute(
-        "SELECT seq, event, xid::text::bigint FROM df.history WHERE instance_id = %(instance)s ORDER BY seq",
-        {"instance": instance_id},
-    ).fetchall()
-    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def _stored_result(status: str, result: str | None) -> str | None:
