@@ -3,14 +3,17 @@
 The store is dumb and complete: it never commits, sleeps, retries or swallows errors; the worker decides
 transactions. Statements address df objects by schema-qualified names, so a step's `search_path` cannot
 redirect them. The store owns the channel names and the shape of the work-item rows.
+
+The statements of a step's transaction return `Pending` results, so that the worker can send them in one
+pipeline (one round trip) and read them afterwards; outside a pipeline a `Pending` is already complete.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -26,16 +29,19 @@ __all__ = [
     "Locked",
     "NewTask",
     "NodeWrite",
+    "Pending",
     "Runner",
     "Write",
+    "begin",
     "claim",
+    "commit",
     "delete_inbox",
     "extend_leases",
     "fence",
     "find_runner",
     "heartbeat",
     "load_instance",
-    "lock_instance",
+    "lock",
     "node_rows",
     "pin_search_path",
     "read_inbox",
@@ -48,6 +54,26 @@ __all__ = [
 ]
 
 Conn = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[Any]
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """A statement that was sent; its result, read when asked for (in a pipeline, after the pipeline syncs:
+    reading earlier forces a round trip)."""
+
+    def __init__(self, cursor: Cursor, read: Callable[[Cursor], T]) -> None:
+        self._cursor = cursor
+        self._read = read
+
+    @property
+    def done(self) -> bool:
+        """Whether the statement's result arrived and was not an error."""
+        return self._cursor.pgresult is not None
+
+    def result(self) -> T:
+        return self._read(self._cursor)
+
 
 WORK_CHANNEL: Final = "df_work"
 DONE_CHANNEL: Final = "df_done"
@@ -81,12 +107,14 @@ class InstanceRow:
 
 @frozen
 class Locked:
-    """An instance row locked for a transition."""
+    """An instance row locked for a transition, and its work item fenced."""
 
+    fenced: bool  # False: another worker holds the work item's lease now
     checkpoint: dict[str, Any] | None
     state_version: int
     status: str
     now: datetime
+    cancel_pending: bool  # a cancel request waits in the inbox
 
 
 @frozen
@@ -234,6 +262,14 @@ def extend_leases(conn: Conn, *, worker_id: UUID, tasks: Sequence[Claim], lease_
     )
 
 
+def begin(conn: Conn) -> None:
+    conn.execute("BEGIN", prepare=False)
+
+
+def commit(conn: Conn) -> None:
+    conn.execute("COMMIT", prepare=False)
+
+
 _PIN: Final = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
 _RESET: Final = "RESET ALL"
 
@@ -249,12 +285,12 @@ def reset_session(conn: Conn) -> None:
     conn.execute(_RESET)
 
 
-def fence(conn: Conn, *, task: Claim, worker_id: UUID) -> bool:
+def fence(conn: Conn, *, task: Claim, worker_id: UUID) -> Pending[bool]:
     """Lock the work item if this worker's lease on it is still current; False means the lease was lost."""
     cursor = conn.execute(
         _FENCE, {"instance": task.instance_id, "frame": task.frame, "gen": task.lease_gen, "worker": worker_id}
     )
-    return cursor.rowcount == 1
+    return Pending(cursor, _one_row_changed)
 
 
 def release(conn: Conn, *, task: Claim, wake_at: datetime | None) -> None:
@@ -275,31 +311,54 @@ SELECT i.id, i.label, i.graph, i.root_node, i.submitted_by::text, i.submitted_by
 _NODES: Final = """
 SELECT n.id, n.node_type, n.query, n.left_node, n.right_node FROM df.nodes n WHERE n.instance_id = %(instance)s
 """
+# The instance row is locked before the work item is fenced, as in every statement that takes both.
 _LOCK: Final = """
-SELECT i.checkpoint, i.state_version, i.status, clock_timestamp() FROM df.instances i
- WHERE i.id = %(instance)s FOR UPDATE
+WITH fence AS (
+    UPDATE df.tasks SET backend_pid = NULL
+     WHERE instance_id = %(instance)s AND frame = %(frame)s AND lease_gen = %(gen)s AND lease_owner = %(worker)s
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM fence) = 1, i.checkpoint, i.state_version, i.status, clock_timestamp(),
+       EXISTS (SELECT 1 FROM df.cancel_requests c WHERE c.instance_id = i.id)
+  FROM df.instances i
+ WHERE i.id = %(instance)s
+   FOR UPDATE OF i
 """
 
 
-def load_instance(conn: Conn, *, instance_id: str) -> InstanceRow | None:
-    row = conn.execute(_LOAD, {"instance": instance_id}).fetchone()
+def load_instance(conn: Conn, *, instance_id: str) -> Pending[InstanceRow | None]:
+    return Pending(conn.execute(_LOAD, {"instance": instance_id}), _instance_row)
+
+
+def _instance_row(cursor: Cursor) -> InstanceRow | None:
+    row = cursor.fetchone()
     if row is None:
         return None
     variables = {k: str(v) for k, v in row[7].items()}
     return InstanceRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], variables, row[8], row[9])
 
 
-def node_rows(conn: Conn, *, instance_id: str) -> list[tuple[str, str, str | None, str | None, str | None]]:
+NodeRow = tuple[str, str, str | None, str | None, str | None]
+
+
+def node_rows(conn: Conn, *, instance_id: str) -> Pending[list[NodeRow]]:
     """(id, node_type, query, left_node, right_node) of every node of an instance."""
-    rows = conn.execute(_NODES, {"instance": instance_id}).fetchall()
-    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    return Pending(conn.execute(_NODES, {"instance": instance_id}), _node_rows)
 
 
-def lock_instance(conn: Conn, *, instance_id: str) -> Locked | None:
-    row = conn.execute(_LOCK, {"instance": instance_id}).fetchone()
-    if row is None:
-        return None
-    return Locked(row[0], row[1], row[2], row[3])
+def _node_rows(cursor: Cursor) -> list[NodeRow]:
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in cursor.fetchall()]
+
+
+def lock(conn: Conn, *, task: Claim, worker_id: UUID) -> Pending[Locked | None]:
+    """Lock the work item's instance and fence the work item (design §2); None: the instance is gone."""
+    params = {"instance": task.instance_id, "frame": task.frame, "gen": task.lease_gen, "worker": worker_id}
+    return Pending(conn.execute(_LOCK, params), _locked)
+
+
+def _locked(cursor: Cursor) -> Locked | None:
+    row = cursor.fetchone()
+    return None if row is None else Locked(*row)
 
 
 # -- steps -----------------------------------------------------------------------------------------------
@@ -338,7 +397,9 @@ def find_runner(conn: Conn, *, role_oid: int) -> Runner | None:
 _STEP_TIMEOUT: Final = "SELECT pg_catalog.set_config('statement_timeout', %(ms)s, true)"
 
 
-def run_step(conn: Conn, *, runner: Runner, query: str, max_bytes: int, timeout_seconds: int | None = None) -> str:
+def run_step(
+    conn: Conn, *, runner: Runner, query: str, max_bytes: int, timeout_seconds: int | None = None
+) -> Pending[str]:
     """Run one SQL step through its submitter's runner; the raw rows JSON (see runtime.results).
 
     A `timeout_seconds` becomes the step's `statement_timeout` (a role-level setting of the submitter,
@@ -346,7 +407,11 @@ def run_step(conn: Conn, *, runner: Runner, query: str, max_bytes: int, timeout_
     if timeout_seconds is not None:
         conn.execute(_STEP_TIMEOUT, {"ms": str(timeout_seconds * 1000)})
     statement = sql.SQL("SELECT df_exec.{}(%(query)s, %(max)s)").format(sql.Identifier(runner.name))
-    row = conn.execute(statement, {"query": query, "max": max_bytes}).fetchone()
+    return Pending(conn.execute(statement, {"query": query, "max": max_bytes}), _runner_output)
+
+
+def _runner_output(cursor: Cursor) -> str:
+    row = cursor.fetchone()
     return str(row[0]) if row else '{"types":null,"rows":[]}'
 
 
@@ -367,14 +432,6 @@ def read_inbox(conn: Conn, *, instance_id: str) -> list[InboxItem]:
     return [InboxItem(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
-_CANCEL_PENDING: Final = "SELECT EXISTS (SELECT 1 FROM df.cancel_requests c WHERE c.instance_id = %(instance)s)"
-
-
-def cancel_pending(conn: Conn, *, instance_id: str) -> bool:
-    row = conn.execute(_CANCEL_PENDING, {"instance": instance_id}).fetchone()
-    return bool(row and row[0])
-
-
 def delete_inbox(conn: Conn, *, items: Iterable[InboxItem]) -> None:
     signals = [i.id for i in items if i.table == "signals"]
     cancels = [i.id for i in items if i.table == "cancel_requests"]
@@ -386,41 +443,38 @@ def delete_inbox(conn: Conn, *, items: Iterable[InboxItem]) -> None:
 
 # -- transitions -----------------------------------------------------------------------------------------
 
-_HISTORY: Final = "INSERT INTO df.history (instance_id, seq, event) VALUES (%(instance)s, %(seq)s, %(event)s)"
-_INSTANCE: Final = """
-UPDATE df.instances
-   SET checkpoint = %(checkpoint)s::jsonb, state_version = %(seq)s, status = %(status)s, output = %(output)s,
-       execution_count = %(executions)s, waiting_for = %(waiting)s, updated_at = now(),
-       completed_at = CASE WHEN %(status)s = 'completed' THEN now() END
- WHERE id = %(instance)s
-"""
-_NODE_UPDATES: Final = """
-UPDATE df.nodes n
-   SET status = u.status,
-       result = CASE WHEN u.status IN ('completed', 'failed') THEN u.result::jsonb END,
-       error = CASE WHEN u.status = 'failed' THEN coalesce(u.error, n.error) END,
-       status_details = jsonb_build_object('execution_id', u.stamp),
-       updated_at = now()
-  FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(stamps)s::text[], %(errors)s::text[])
-       AS u(id, status, result, stamp, error)
- WHERE n.instance_id = %(instance)s AND n.id = u.id
-"""
-# Work items of finished frames go; those another worker holds locked are left to it (it will find its
-# frame gone and roll back), and steps still running elsewhere are interrupted.
-_DELETE_TASKS: Final = """
-WITH doomed AS (
+# One statement: the events, the checkpoint, the node rows and the work items. Work items of finished frames
+# go; those another worker holds locked are left to it (it will find its frame gone and roll back), and steps
+# still running elsewhere are interrupted. Started and finished frames never overlap.
+_TRANSITION: Final = """
+WITH history AS (
+    INSERT INTO df.history (instance_id, seq, event)
+    SELECT %(instance)s, e.seq, e.event FROM unnest(%(seqs)s::bigint[], %(events)s::text[]) AS e(seq, event)
+), instance AS (
+    UPDATE df.instances
+       SET checkpoint = %(checkpoint)s::jsonb, state_version = %(version)s, status = %(status)s,
+           output = %(output)s, execution_count = %(executions)s, waiting_for = %(waiting)s, updated_at = now(),
+           completed_at = CASE WHEN %(status)s = 'completed' THEN now() END
+     WHERE id = %(instance)s
+), nodes AS (
+    UPDATE df.nodes n
+       SET status = u.status,
+           result = CASE WHEN u.status IN ('completed', 'failed') THEN u.result::jsonb END,
+           error = CASE WHEN u.status = 'failed' THEN coalesce(u.error, n.error) END,
+           status_details = jsonb_build_object('execution_id', u.stamp),
+           updated_at = now()
+      FROM unnest(%(node_ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(stamps)s::text[],
+                  %(errors)s::text[]) AS u(id, status, result, stamp, error)
+     WHERE n.instance_id = %(instance)s AND n.id = u.id
+), doomed AS (
     SELECT t.instance_id, t.frame FROM df.tasks t
-     WHERE t.instance_id = %(instance)s AND t.frame = ANY(%(frames)s)
+     WHERE t.instance_id = %(instance)s AND t.frame = ANY(%(finished)s::text[])
        FOR UPDATE SKIP LOCKED
 ), gone AS (
     DELETE FROM df.tasks t USING doomed d
      WHERE t.instance_id = d.instance_id AND t.frame = d.frame
-    RETURNING t.backend_pid
+    RETURNING CASE WHEN t.backend_pid <> pg_backend_pid() THEN pg_cancel_backend(t.backend_pid) END
 )
-SELECT count(pg_catalog.pg_cancel_backend(g.backend_pid)) FROM gone g
- WHERE g.backend_pid IS NOT NULL AND g.backend_pid <> pg_catalog.pg_backend_pid()
-"""
-_INSERT_TASKS: Final = """
 INSERT INTO df.tasks (instance_id, frame, kind, wake_at, lease_owner, lease_expires, lease_gen, backend_pid, function)
 SELECT %(instance)s, t.frame, t.kind, coalesce(t.wake_at, now()),
        CASE WHEN t.leased THEN %(worker)s::uuid END,
@@ -436,48 +490,42 @@ ON CONFLICT (instance_id, frame) DO UPDATE
        backend_pid = EXCLUDED.backend_pid, function = EXCLUDED.function
 RETURNING frame, lease_gen, lease_owner IS NOT NULL
 """
+_DELETE_TASKS: Final = """
+WITH doomed AS (
+    SELECT t.instance_id, t.frame FROM df.tasks t
+     WHERE t.instance_id = %(instance)s AND t.frame = ANY(%(frames)s)
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM df.tasks t USING doomed d
+ WHERE t.instance_id = d.instance_id AND t.frame = d.frame
+RETURNING CASE WHEN t.backend_pid <> pg_backend_pid() THEN pg_cancel_backend(t.backend_pid) END
+"""
 _NOTIFY: Final = "SELECT pg_notify(%(channel)s, %(payload)s)"
 
 
-def write(conn: Conn, *, transition: Write, worker_id: UUID, lease_seconds: float) -> dict[str, int]:
-    """Record a transition: history, checkpoint, node rows and work items. Returns the lease generation of
-    each work item it leased to `worker_id` (call inside a pipeline; reading the result syncs it)."""
+def write(conn: Conn, *, transition: Write, worker_id: UUID, lease_seconds: float) -> Pending[dict[str, int]]:
+    """Record a transition: history, checkpoint, node rows and work items. Its result: the lease generation
+    of each work item it leased to `worker_id`."""
     t = transition
-    for seq, event in t.events:
-        conn.execute(_HISTORY, {"instance": t.instance_id, "seq": seq, "event": event})
-    conn.execute(
-        _INSTANCE,
+    nodes = {u.node_id: u for u in t.node_updates}  # a node changed twice keeps its last change
+    cursor = conn.execute(
+        _TRANSITION,
         {
             "instance": t.instance_id,
+            "seqs": [seq for seq, _ in t.events],
+            "events": [event for _, event in t.events],
             "checkpoint": t.checkpoint,
-            "seq": t.events[-1][0],
-            "status": "running" if t.status == "running" else t.status,
+            "version": t.events[-1][0],
+            "status": t.status,
             "output": t.output,
             "executions": t.execution_count,
             "waiting": t.waiting_for,
-        },
-    )
-    if t.node_updates:
-        latest = {u.node_id: u for u in t.node_updates}
-        conn.execute(
-            _NODE_UPDATES,
-            {
-                "instance": t.instance_id,
-                "ids": list(latest),
-                "statuses": [u.status for u in latest.values()],
-                "results": [_stored_result(u.status, u.result) for u in latest.values()],
-                "stamps": [u.stamp for u in latest.values()],
-                "errors": [u.error for u in latest.values()],
-            },
-        )
-    if t.finished:
-        conn.execute(_DELETE_TASKS, {"instance": t.instance_id, "frames": list(t.finished)})
-    if not t.started:
-        return {}
-    cursor = conn.execute(
-        _INSERT_TASKS,
-        {
-            "instance": t.instance_id,
+            "node_ids": list(nodes),
+            "statuses": [u.status for u in nodes.values()],
+            "results": [_stored_result(u.status, u.result) for u in nodes.values()],
+            "stamps": [u.stamp for u in nodes.values()],
+            "errors": [u.error for u in nodes.values()],
+            "finished": list(t.finished),
             "worker": worker_id,
             "lease": lease_seconds,
             "frames": [task.frame for task in t.started],
@@ -487,7 +535,15 @@ def write(conn: Conn, *, transition: Write, worker_id: UUID, lease_seconds: floa
             "functions": [task.function for task in t.started],
         },
     )
+    return Pending(cursor, _leases)
+
+
+def _leases(cursor: Cursor) -> dict[str, int]:
     return {frame: gen for frame, gen, leased in cursor.fetchall() if leased}
+
+
+def _one_row_changed(cursor: Cursor) -> bool:
+    return cursor.rowcount == 1
 
 
 def finish_tasks(conn: Conn, *, instance_id: str, frames: Sequence[str]) -> None:

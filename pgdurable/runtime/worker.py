@@ -14,7 +14,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, Final
 
@@ -71,6 +72,15 @@ class WorkerConfig:
     poison_claims: int = 5  # unless df.settings sets poison_claims: a step claimed more often fails
     prune_seconds: float = 60.0  # how often the worker deletes instances past their retention
     idle_in_transaction_timeout_ms: int = 60_000
+
+
+@frozen
+class _Written:
+    """A transition sent for commit: its state (cached once committed) and the step this slot continues with."""
+
+    state: State
+    continue_with: str | None
+    leases: store.Pending[dict[str, int]]
 
 
 @frozen
@@ -316,26 +326,33 @@ class Worker:
         if query is None:
             self._drop(conn, task)
             return None
+        reset = False
         try:
             if context.row.database is not None:
                 raise StepError("use the autocommit lane", needs_autocommit=True)
             runner = self._executor.runner(conn, context.row)
-            with conn.transaction():
-                result = self._executor.run(
+            # two round trips: the step, the fence and the locks; then the transition, COMMIT and the reset
+            with _transaction(conn, then=store.reset_session) as pipeline:
+                sent = self._executor.send(
                     conn,
                     runner,
                     query,
                     timeout_seconds=step_timeout(context.graph, frame),
                     max_bytes=int(self._settings.get("max_result_bytes") or self.config.max_result_bytes),
                 )
+                with self._executor.failures(conn, sent):
+                    store.pin_search_path(conn)
+                    locks = store.lock(conn, task=task, worker_id=self.id)
+                    pipeline.sync()
+                result = self._executor.receive(sent)
                 failpoint("after_runner")
-                store.pin_search_path(conn)
-                if not store.fence(conn, task=task, worker_id=self.id):
-                    raise _LeaseLost
-                following = self._record(conn, task, context, lambda state, now: [StepSucceeded(now, frame, result)])
+                written = self._record(
+                    conn, task, context, lambda state, now: [StepSucceeded(now, frame, result)], locks
+                )
                 failpoint("before_commit")
+            reset = True
             failpoint("after_commit_before_ack")
-            return following
+            return self._committed(task, written)
         except _LeaseLost:
             return None
         except _NotLive:  # a RACE loser or a cancelled instance: its effects were rolled back
@@ -346,7 +363,8 @@ class Worker:
                 return self._run_autocommit(conn, task, context, frame, query)
             return self._fail(conn, task, context, frame, error)
         finally:
-            store.reset_session(conn)
+            if not reset:
+                store.reset_session(conn)
 
     def _run_autocommit(
         self, conn: psycopg.Connection[Any], task: store.Claim, context: _Context, frame: str, query: str
@@ -412,10 +430,14 @@ class Worker:
                     context=evolve(call_context, connection=conn),
                     secrets=secrets,
                 )
-                store.pin_search_path(conn)
-                if not store.fence(conn, task=task, worker_id=self.id):
-                    raise _LeaseLost
-                return self._record(conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)])
+                with conn.pipeline() as pipeline:
+                    store.pin_search_path(conn)
+                    locks = store.lock(conn, task=task, worker_id=self.id)
+                    pipeline.sync()
+                    written = self._record(
+                        conn, task, context, lambda state, now: [StepSucceeded(now, task.frame, result)], locks
+                    )
+            return self._committed(task, written)
         except _LeaseLost:
             return None
         except _NotLive:
@@ -492,10 +514,13 @@ class Worker:
     ) -> store.Claim | None:
         """Fence, lock, fold and write in one transaction; for work items that run nothing first."""
         try:
-            with conn.transaction():
-                if not store.fence(conn, task=task, worker_id=self.id):
-                    return None
-                return self._record(conn, task, context, make_events)
+            with _transaction(conn) as pipeline:
+                locks = store.lock(conn, task=task, worker_id=self.id)
+                pipeline.sync()
+                written = self._record(conn, task, context, make_events, locks)
+            return self._committed(task, written)
+        except _LeaseLost:
+            return None
         except _NotLive:
             self._drop(conn, task)
             return None
@@ -506,16 +531,19 @@ class Worker:
         task: store.Claim,
         context: _Context,
         make_events: Callable[[State, datetime], list[Event]],
-    ) -> store.Claim | None:
-        """Inside a fenced transaction: lock the instance, fold the events, write the transition."""
-        locked = store.lock_instance(conn, instance_id=task.instance_id)
+        locks: store.Pending[store.Locked | None],
+    ) -> _Written | None:
+        """Inside the transaction `locks` were taken in: fold the events and send the transition's writes."""
+        locked = locks.result()
         if locked is None:
             return None
+        if not locked.fenced:
+            raise _LeaseLost
         folded: list[tuple[Event, Transition]] = []
         state = None if locked.checkpoint is None else self._state(context, locked)
         if task.kind == "start" and state is not None:
             raise _NotLive  # begun meanwhile (by an inbox item): its first step is an item of its own now
-        if task.kind == "start" and store.cancel_pending(conn, instance_id=task.instance_id):
+        if task.kind == "start" and locked.cancel_pending:
             raise _NotLive  # cancelled before it began: roll the first step back; the inbox item cancels it
         if state is None:
             started = self._started(context)
@@ -542,7 +570,7 @@ class Worker:
         context: _Context,
         locked: store.Locked,
         folded: Sequence[tuple[Event, Transition]],
-    ) -> store.Claim | None:
+    ) -> _Written:
         final = folded[-1][1].state
         decision = decide(context.graph, final)
         started: list[str] = []
@@ -574,21 +602,28 @@ class Worker:
             finished=[f for f in dict.fromkeys(finished) if f not in live_started],
             started=new_tasks,
         )
-        with conn.pipeline():
-            leases = store.write(conn, transition=write, worker_id=self.id, lease_seconds=self.config.lease_seconds)
-            if final.terminal:
-                store.notify(conn, channel=store.DONE_CHANNEL, payload=task.instance_id)
-            elif len(new_tasks) > (continue_with is not None):  # work for other slots and workers
-                store.notify(conn, channel=store.WORK_CHANNEL, payload=f"step {task.instance_id}")
+        leases = store.write(conn, transition=write, worker_id=self.id, lease_seconds=self.config.lease_seconds)
+        if final.terminal:
+            store.notify(conn, channel=store.DONE_CHANNEL, payload=task.instance_id)
+        elif len(new_tasks) > (continue_with is not None):  # work for other slots and workers
+            store.notify(conn, channel=store.WORK_CHANNEL, payload=f"step {task.instance_id}")
+        return _Written(final, continue_with, leases)
+
+    def _committed(self, task: store.Claim, written: _Written | None) -> store.Claim | None:
+        """After the COMMIT of a transition: cache its state, and lease the step this slot continues with."""
+        if written is None:
+            return None
         with self._cache_lock:
-            self._states[task.instance_id] = final
-            if final.terminal:
+            if written.state.terminal:
                 self._states.pop(task.instance_id, None)
                 self._contexts.pop(task.instance_id, None)
+            else:
+                self._states[task.instance_id] = written.state
         self.steps_run += 1
-        if continue_with is None:
+        if written.continue_with is None:
             return None
-        return store.Claim(task.instance_id, continue_with, "sql", leases[continue_with])
+        lease_gen = written.leases.result()[written.continue_with]
+        return store.Claim(task.instance_id, written.continue_with, "sql", lease_gen)
 
     @staticmethod
     def _node_write(context: _Context, update: NodeUpdate) -> store.NodeWrite:
@@ -598,7 +633,7 @@ class Worker:
     def _drop(self, conn: psycopg.Connection[Any], task: store.Claim) -> None:
         """Remove a work item whose frame is no longer live (a RACE loser, a cancelled instance)."""
         with conn.transaction():
-            if store.fence(conn, task=task, worker_id=self.id):
+            if store.fence(conn, task=task, worker_id=self.id).result():
                 store.finish_tasks(conn, instance_id=task.instance_id, frames=[task.frame])
 
     # -- state and context -----------------------------------------------------------------------------
@@ -637,10 +672,13 @@ class Worker:
             known = self._contexts.get(instance_id)
         if known is not None:
             return known
-        row = store.load_instance(conn, instance_id=instance_id)
+        with conn.pipeline():
+            loaded = store.load_instance(conn, instance_id=instance_id)
+            nodes = store.node_rows(conn, instance_id=instance_id)
+        row = loaded.result()
         if row is None:
             return None
-        context = _Context(row, from_json(row.graph), _node_ids(store.node_rows(conn, instance_id=instance_id), row))
+        context = _Context(row, from_json(row.graph), _node_ids(nodes.result(), row))
         with self._cache_lock:
             self._contexts[instance_id] = context
         return context
@@ -668,6 +706,32 @@ def _node_ids(
             for index, extra in enumerate(config.get("extra_nodes", [])):
                 pending.append((f"{path}.extra_nodes[{index}]", extra))
     return paths
+
+
+@contextmanager
+def _transaction(
+    conn: psycopg.Connection[Any], then: Callable[[psycopg.Connection[Any]], None] | None = None
+) -> Iterator[psycopg.Pipeline]:
+    """A transaction in pipeline mode whose BEGIN goes out with its first statements and COMMIT (and `then`)
+    with its last: each `sync()` in it is a round trip, and the end one more. (psycopg's `transaction()`
+    syncs once more, before COMMIT.) A failure rolls back, and psycopg then forgets its prepared statements
+    and deallocates them, as after any rollback."""
+    try:
+        with conn.pipeline() as pipeline:
+            store.begin(conn)
+            try:
+                yield pipeline
+            except BaseException:
+                with suppress(psycopg.Error):  # the statements an error aborted: read, so that ROLLBACK runs
+                    pipeline.sync()
+                raise
+            store.commit(conn)
+            if then is not None:
+                then(conn)
+    except BaseException:
+        if not conn.broken:
+            conn.rollback()
+        raise
 
 
 def _payload(state: State | None, frame: str) -> str | None:

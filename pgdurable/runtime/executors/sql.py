@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Final
 
 import psycopg
@@ -163,7 +164,7 @@ class SqlExecutor:
             self._runners[row.submitter_oid] = runner
         return runner
 
-    def run(
+    def send(
         self,
         conn: psycopg.Connection[Any],
         runner: store.Runner,
@@ -171,22 +172,40 @@ class SqlExecutor:
         *,
         timeout_seconds: int | None = None,
         max_bytes: int | None = None,
-    ) -> str:
-        """Run one statement through the runner, inside the caller's transaction; its result envelope."""
+    ) -> store.Pending[str]:
+        """Send one statement to the runner, inside the caller's transaction (and pipeline, if any); read its
+        result with `receive`."""
         _one_statement(query)
+        return store.run_step(
+            conn,
+            runner=runner,
+            query=query,
+            max_bytes=max_bytes or self.max_result_bytes,
+            timeout_seconds=timeout_seconds,
+        )
+
+    @staticmethod
+    @contextmanager
+    def failures(conn: psycopg.Connection[Any], sent: store.Pending[str]) -> Iterator[None]:
+        """Around the statements sent after a step in its pipeline, and the sync that runs them: a database
+        error is the step's failure (a StepError), unless the step completed or the connection broke, and
+        then it is raised as it is. (In a pipeline the step's error surfaces at whichever later call reads
+        the results.)"""
         try:
-            raw = store.run_step(
-                conn,
-                runner=runner,
-                query=query,
-                max_bytes=max_bytes or self.max_result_bytes,
-                timeout_seconds=timeout_seconds,
-            )
+            yield
         except pg_errors.ActiveSqlTransaction as error:
+            if sent.done or conn.broken:
+                raise
             raise StepError(str(error), needs_autocommit=True) from error
         except psycopg.Error as error:
+            if sent.done or conn.broken:
+                raise
             raise _from_database(error) from error
-        return _encode(raw)
+
+    @staticmethod
+    def receive(sent: store.Pending[str]) -> str:
+        """The result envelope of a step sent with `send`, once its pipeline synced."""
+        return _encode(sent.result())
 
     def run_autocommit(self, row: store.InstanceRow, query: str) -> str:
         """Run one statement on a connection logged in as the submitter; its result envelope."""
