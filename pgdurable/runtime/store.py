@@ -443,13 +443,16 @@ def delete_inbox(conn: Conn, *, items: Iterable[InboxItem]) -> None:
 
 # -- transitions -----------------------------------------------------------------------------------------
 
-# One statement: the events, the checkpoint, the node rows and the work items. Work items of finished frames
-# go; those another worker holds locked are left to it (it will find its frame gone and roll back), and steps
+# One statement: the events, the checkpoint, the node rows and the work items (their lists in one JSON
+# document: a few parameters cost the driver far less than many arrays). Work items of finished frames go;
+# those another worker holds locked are left to it (it will find its frame gone and roll back), and steps
 # still running elsewhere are interrupted. Started and finished frames never overlap.
 _TRANSITION: Final = """
-WITH history AS (
+WITH changes AS (
+    SELECT %(changes)s::json AS c
+), history AS (
     INSERT INTO df.history (instance_id, seq, event)
-    SELECT %(instance)s, e.seq, e.event FROM unnest(%(seqs)s::bigint[], %(events)s::text[]) AS e(seq, event)
+    SELECT %(instance)s, e.seq, e.event FROM changes, json_to_recordset(c -> 'events') AS e(seq bigint, event text)
 ), instance AS (
     UPDATE df.instances
        SET checkpoint = %(checkpoint)s::jsonb, state_version = %(version)s, status = %(status)s,
@@ -463,12 +466,12 @@ WITH history AS (
            error = CASE WHEN u.status = 'failed' THEN coalesce(u.error, n.error) END,
            status_details = jsonb_build_object('execution_id', u.stamp),
            updated_at = now()
-      FROM unnest(%(node_ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(stamps)s::text[],
-                  %(errors)s::text[]) AS u(id, status, result, stamp, error)
+      FROM changes, json_to_recordset(c -> 'nodes') AS u(id text, status text, result text, stamp text, error text)
      WHERE n.instance_id = %(instance)s AND n.id = u.id
 ), doomed AS (
     SELECT t.instance_id, t.frame FROM df.tasks t
-     WHERE t.instance_id = %(instance)s AND t.frame = ANY(%(finished)s::text[])
+     WHERE t.instance_id = %(instance)s
+       AND t.frame IN (SELECT json_array_elements_text(c -> 'finished') FROM changes)
        FOR UPDATE SKIP LOCKED
 ), gone AS (
     DELETE FROM df.tasks t USING doomed d
@@ -481,9 +484,8 @@ SELECT %(instance)s, t.frame, t.kind, coalesce(t.wake_at, now()),
        CASE WHEN t.leased THEN now() + %(lease)s * interval '1 second' END,
        CASE WHEN t.leased THEN 1 ELSE 0 END,
        CASE WHEN t.leased THEN pg_backend_pid() END, t.function
-  FROM unnest(%(frames)s::text[], %(kinds)s::text[], %(wakes)s::timestamptz[], %(leased)s::boolean[],
-              %(functions)s::text[])
-       AS t(frame, kind, wake_at, leased, function)
+  FROM changes, json_to_recordset(c -> 'started')
+       AS t(frame text, kind text, wake_at timestamptz, leased boolean, function text)
 ON CONFLICT (instance_id, frame) DO UPDATE
    SET kind = EXCLUDED.kind, wake_at = EXCLUDED.wake_at, lease_owner = EXCLUDED.lease_owner,
        lease_expires = EXCLUDED.lease_expires, lease_gen = df.tasks.lease_gen + 1, claims = 0,
@@ -508,31 +510,43 @@ def write(conn: Conn, *, transition: Write, worker_id: UUID, lease_seconds: floa
     of each work item it leased to `worker_id`."""
     t = transition
     nodes = {u.node_id: u for u in t.node_updates}  # a node changed twice keeps its last change
+    changes = {
+        "events": [{"seq": seq, "event": event} for seq, event in t.events],
+        "nodes": [
+            {
+                "id": u.node_id,
+                "status": u.status,
+                "result": _stored_result(u.status, u.result),
+                "stamp": u.stamp,
+                "error": u.error,
+            }
+            for u in nodes.values()
+        ],
+        "finished": list(t.finished),
+        "started": [
+            {
+                "frame": task.frame,
+                "kind": task.kind,
+                "wake_at": task.wake_at and task.wake_at.isoformat(),
+                "leased": task.leased,
+                "function": task.function,
+            }
+            for task in t.started
+        ],
+    }
     cursor = conn.execute(
         _TRANSITION,
         {
             "instance": t.instance_id,
-            "seqs": [seq for seq, _ in t.events],
-            "events": [event for _, event in t.events],
+            "changes": json.dumps(changes, separators=(",", ":"), ensure_ascii=False),
             "checkpoint": t.checkpoint,
             "version": t.events[-1][0],
             "status": t.status,
             "output": t.output,
             "executions": t.execution_count,
             "waiting": t.waiting_for,
-            "node_ids": list(nodes),
-            "statuses": [u.status for u in nodes.values()],
-            "results": [_stored_result(u.status, u.result) for u in nodes.values()],
-            "stamps": [u.stamp for u in nodes.values()],
-            "errors": [u.error for u in nodes.values()],
-            "finished": list(t.finished),
             "worker": worker_id,
             "lease": lease_seconds,
-            "frames": [task.frame for task in t.started],
-            "kinds": [task.kind for task in t.started],
-            "wakes": [task.wake_at for task in t.started],
-            "leased": [task.leased for task in t.started],
-            "functions": [task.function for task in t.started],
         },
     )
     return Pending(cursor, _leases)
