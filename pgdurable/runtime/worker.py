@@ -199,7 +199,8 @@ class Worker:
     # -- threads ---------------------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        """Wake the slots on NOTIFY, and at least every poll interval (timers, lost notifications)."""
+        """Wake a slot per NOTIFY, and one every quiet poll interval (due timers, lost notifications): idle
+        slots do not poll on their own, which on a busy machine takes CPU from the slots that work."""
         while not self._stopping.is_set():
             try:
                 with self._connect() as conn:
@@ -207,9 +208,8 @@ class Worker:
                     renewed = pruned = time.monotonic()
                     while not self._stopping.is_set():
                         notices = sum(1 for _ in conn.notifies(timeout=self.config.poll_seconds, stop_after=1))
-                        if notices:  # one slot per notice; idle slots also poll on their own for due timers
-                            with self._wake:
-                                self._wake.notify(notices)
+                        with self._wake:
+                            self._wake.notify(max(notices, 1))
                         if time.monotonic() - renewed >= self.config.lease_seconds / 3:
                             self._renew(conn)
                             renewed = time.monotonic()
@@ -248,9 +248,11 @@ class Worker:
                 functions=self._functions.names,
             )
             if not claims:
-                with self._wake:
-                    self._wake.wait(self.config.poll_seconds)
+                with self._wake:  # the listener wakes it; waking on its own too is for a listener that reconnects
+                    self._wake.wait(self.config.poll_seconds * self.config.concurrency)
                 continue
+            with self._wake:  # there may be more: another slot looks (a backlog spreads over the slots)
+                self._wake.notify()
             task: store.Claim | None = claims[0]
             slot = threading.get_ident()
             try:
