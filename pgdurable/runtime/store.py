@@ -470,8 +470,8 @@ WITH changes AS (
      WHERE n.instance_id = %(instance)s AND n.id = u.id
 ), doomed AS (
     SELECT t.instance_id, t.frame FROM df.tasks t
-     WHERE t.instance_id = %(instance)s
-       AND t.frame IN (SELECT json_array_elements_text(c -> 'finished') FROM changes)
+     WHERE t.instance_id = %(instance)s  -- an array, so that the index is searched on both columns
+       AND t.frame = ANY(ARRAY(SELECT json_array_elements_text(c -> 'finished') FROM changes))
        FOR UPDATE SKIP LOCKED
 ), gone AS (
     DELETE FROM df.tasks t USING doomed d
