@@ -197,22 +197,26 @@ def unregister_worker(conn: Conn, *, worker_id: UUID) -> None:
 
 # A claim is not one of the commits the commit plan counts: it commits asynchronously (a lost claim only
 # delays the work item until its lease expires).
+# It looks at one due item more than it takes (locked only until the claim commits), to say whether more are
+# due: then the worker wakes another slot.
 _CLAIM: Final = """
 WITH async AS (SELECT pg_catalog.set_config('synchronous_commit', 'off', true)),
 due AS (
-    SELECT t.instance_id, t.frame FROM df.tasks t
+    SELECT t.instance_id, t.frame, t.kind = 'start' AS new, t.wake_at FROM df.tasks t
      WHERE t.wake_at <= now() AND (t.lease_expires IS NULL OR t.lease_expires < now())
        AND (t.kind <> 'call' OR t.function = ANY(%(functions)s::text[]))
      ORDER BY t.kind = 'start', t.wake_at  -- running instances before new ones: in-flight work finishes first
-     LIMIT %(limit)s
+     LIMIT %(limit)s + 1
        FOR UPDATE SKIP LOCKED
+), taken AS (
+    SELECT d.instance_id, d.frame FROM due d ORDER BY d.new, d.wake_at LIMIT %(limit)s
 )
 UPDATE df.tasks t
    SET lease_owner = %(worker)s, lease_expires = now() + %(lease)s * interval '1 second',
        lease_gen = t.lease_gen + 1, claims = t.claims + 1, backend_pid = pg_backend_pid()
-  FROM due, async
- WHERE t.instance_id = due.instance_id AND t.frame = due.frame
-RETURNING t.instance_id, t.frame, t.kind, t.lease_gen, t.claims, (
+  FROM taken, async
+ WHERE t.instance_id = taken.instance_id AND t.frame = taken.frame
+RETURNING (SELECT count(*) FROM due) > %(limit)s, t.instance_id, t.frame, t.kind, t.lease_gen, t.claims, (
     SELECT CASE
                WHEN r.oid IS NULL THEN 'the submitting role no longer exists'
                WHEN NOT r.rolcanlogin THEN format('role "%%s" does not have LOGIN privilege any more', r.rolname)
@@ -242,12 +246,13 @@ UPDATE df.tasks SET lease_owner = NULL, lease_expires = NULL, wake_at = %(wake_a
 
 def claim(
     conn: Conn, *, worker_id: UUID, limit: int, lease_seconds: float, functions: Sequence[str] = ()
-) -> list[Claim]:
+) -> tuple[list[Claim], bool]:
     """Lease up to `limit` due work items (skipping those other workers hold, and calls of Python functions
-    this worker does not run)."""
+    this worker does not run); and whether more were due."""
     params = {"worker": worker_id, "limit": limit, "lease": lease_seconds, "functions": list(functions)}
     rows = conn.execute(_CLAIM, params).fetchall()
-    return [Claim(r[0], r[1], r[2], r[3], refusal=r[5], claims=r[4]) for r in rows]
+    claims = [Claim(r[1], r[2], r[3], r[4], refusal=r[6], claims=r[5]) for r in rows]
+    return claims, any(r[0] for r in rows)
 
 
 def extend_leases(conn: Conn, *, worker_id: UUID, tasks: Sequence[Claim], lease_seconds: float) -> None:
@@ -394,19 +399,25 @@ def find_runner(conn: Conn, *, role_oid: int) -> Runner | None:
     return Runner(role_oid, row[0]) if row else None
 
 
+# The subquery (OFFSET 0 keeps it one) runs the step before the outer SELECT pins the search path.
+_RUN_STEP: Final = """
+SELECT s.output, pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)
+  FROM (SELECT df_exec.{}(%(query)s, %(max)s) AS output OFFSET 0) s
+"""
 _STEP_TIMEOUT: Final = "SELECT pg_catalog.set_config('statement_timeout', %(ms)s, true)"
 
 
 def run_step(
     conn: Conn, *, runner: Runner, query: str, max_bytes: int, timeout_seconds: int | None = None
 ) -> Pending[str]:
-    """Run one SQL step through its submitter's runner; the raw rows JSON (see runtime.results).
+    """Run one SQL step through its submitter's runner; the raw rows JSON (see runtime.results). The search
+    path is pinned again right after it, in the same statement (see `pin_search_path`).
 
     A `timeout_seconds` becomes the step's `statement_timeout` (a role-level setting of the submitter,
     which the runner applies, takes precedence)."""
     if timeout_seconds is not None:
         conn.execute(_STEP_TIMEOUT, {"ms": str(timeout_seconds * 1000)})
-    statement = sql.SQL("SELECT df_exec.{}(%(query)s, %(max)s)").format(sql.Identifier(runner.name))
+    statement = sql.SQL(_RUN_STEP).format(sql.Identifier(runner.name))
     return Pending(conn.execute(statement, {"query": query, "max": max_bytes}), _runner_output)
 
 

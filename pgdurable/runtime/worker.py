@@ -240,7 +240,7 @@ class Worker:
 
     def _work(self, conn: psycopg.Connection[Any]) -> None:
         while not self._stopping.is_set():
-            claims = store.claim(
+            claims, more = store.claim(
                 conn,
                 worker_id=self.id,
                 limit=1,
@@ -251,8 +251,9 @@ class Worker:
                 with self._wake:  # the listener wakes it; waking on its own too is for a listener that reconnects
                     self._wake.wait(self.config.poll_seconds * self.config.concurrency)
                 continue
-            with self._wake:  # there may be more: another slot looks (a backlog spreads over the slots)
-                self._wake.notify()
+            if more:  # a backlog spreads over the slots
+                with self._wake:
+                    self._wake.notify()
             task: store.Claim | None = claims[0]
             slot = threading.get_ident()
             try:
@@ -343,7 +344,6 @@ class Worker:
                     max_bytes=int(self._settings.get("max_result_bytes") or self.config.max_result_bytes),
                 )
                 with self._executor.failures(conn, sent):
-                    store.pin_search_path(conn)
                     locks = store.lock(conn, task=task, worker_id=self.id)
                     pipeline.sync()
                 result = self._executor.receive(sent)
