@@ -316,7 +316,8 @@ SELECT i.id, i.label, i.graph, i.root_node, i.submitted_by::text, i.submitted_by
 _NODES: Final = """
 SELECT n.id, n.node_type, n.query, n.left_node, n.right_node FROM df.nodes n WHERE n.instance_id = %(instance)s
 """
-# The instance row is locked before the work item is fenced, as in every statement that takes both.
+# The instance row is locked first, then the work item fenced: the order in which deleting an instance takes
+# them (its work items go by cascade).
 _LOCK: Final = """
 WITH fence AS (
     UPDATE df.tasks SET backend_pid = NULL

@@ -724,7 +724,7 @@ def _transaction(
             try:
                 yield pipeline
             except BaseException:
-                with suppress(psycopg.Error):  # the statements an error aborted: read, so that ROLLBACK runs
+                with suppress(psycopg.Error):  # read what the error aborted, so that leaving raises nothing more
                     pipeline.sync()
                 raise
             store.commit(conn)
