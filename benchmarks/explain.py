@@ -1,8 +1,9 @@
 """EXPLAIN ANALYZE of the hot queries: the worker's claim, and every statement ``df.start`` runs.
 
 - **The claim** is the worker's own SQL (``pgdurable.runtime.store._CLAIM``, so the plan follows the runtime
-  as it changes; a copy is the fallback), explained as the df owner inside a transaction that is rolled back,
-  with literal parameters as the worker sends them (it does not prepare).
+  as it changes), explained as the df owner inside a transaction that is rolled back, with the parameters
+  the worker sends, as a custom plan and as the generic plan (the worker prepares its statements, so after
+  five runs PostgreSQL may choose the generic one).
 - **The start** runs ``df.start`` as the application role with ``auto_explain`` logging every nested
   statement (the INSERTs into df.instances and df.nodes, the trigger's INSERT into df.tasks, the foreign-key
   checks) as notices, then rolls back.
@@ -13,6 +14,7 @@ A plan passes when no Seq Scan reads a hot table (df.tasks, df.instances, df.nod
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,25 +24,9 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.server import APP
+from pgdurable.runtime import store
 
 HOT_TABLES: Final = frozenset({"tasks", "instances", "nodes", "history"})
-
-# A copy of pgdurable.runtime.store._CLAIM, used only if that name disappears or changes its parameters.
-_CLAIM_COPY: Final = """
-WITH due AS (
-    SELECT t.instance_id, t.frame FROM df.tasks t
-     WHERE t.wake_at <= now() AND (t.lease_expires IS NULL OR t.lease_expires < now())
-     ORDER BY t.wake_at
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-)
-UPDATE df.tasks t
-   SET lease_owner = %(worker)s, lease_expires = now() + %(lease)s * interval '1 second',
-       lease_gen = t.lease_gen + 1, claims = t.claims + 1, backend_pid = pg_backend_pid()
-  FROM due
- WHERE t.instance_id = due.instance_id AND t.frame = due.frame
-RETURNING t.instance_id, t.frame, t.kind, t.lease_gen
-"""
 
 _AUTO_EXPLAIN: Final = (
     "auto_explain.log_min_duration = 0",
@@ -94,19 +80,6 @@ def summarize(explained: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def claim_sql() -> tuple[str, str]:
-    """The worker's claim statement and where it came from."""
-    try:
-        from pgdurable.runtime import store
-
-        text = getattr(store, "_CLAIM", None)
-    except ImportError:
-        text = None
-    if isinstance(text, str):
-        return text, "pgdurable.runtime.store._CLAIM"
-    return _CLAIM_COPY, "copy in benchmarks/explain.py"
-
-
 def _explain_rolled_back(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> Any:
     conn.execute("BEGIN")
     try:
@@ -115,19 +88,39 @@ def _explain_rolled_back(conn: psycopg.Connection[Any], query: str, params: dict
         conn.execute("ROLLBACK")
 
 
+def _numbered(query: str) -> str:
+    """A psycopg query with `%(name)s` placeholders as PostgreSQL's `$1`, `$2`, ... (`%%` as `%`)."""
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(0) == "%%":
+            return "%"
+        return f"${numbers.setdefault(match.group(1), len(numbers) + 1)}"
+
+    return re.sub(r"%%|%\((\w+)\)s", number, query)
+
+
 def explain_claim(owner_dsn: str) -> dict[str, Any]:
-    """EXPLAIN ANALYZE the claim of one due work item, as the worker runs it, and roll it back."""
-    text, source = claim_sql()
-    params = {"worker": uuid.uuid4(), "limit": 1, "lease": 30.0}
+    """EXPLAIN ANALYZE the claim of one due work item as the worker runs it, rolled back (a custom plan, the
+    parameters' values known); and EXPLAIN its generic plan, which PostgreSQL may choose for the worker's
+    prepared statement after five runs. The summary is the custom plan's, with the scans of both."""
+    params = {"worker": uuid.uuid4(), "lease": 30.0, "functions": []}
     with psycopg.connect(owner_dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
-        try:
-            row = _explain_rolled_back(conn, text, params)
-        except (KeyError, psycopg.ProgrammingError):  # the runtime's parameters changed: explain the copy
-            source = "copy in benchmarks/explain.py (the runtime's _CLAIM takes other parameters)"
-            row = _explain_rolled_back(conn, _CLAIM_COPY, params)
-    assert row is not None
-    explained = row[0][0] if isinstance(row[0], list) else json.loads(row[0])[0]
-    return {"source": source, **summarize(explained)}
+        custom = _explain_rolled_back(conn, store._CLAIM, params)
+        generic = conn.execute(
+            "EXPLAIN (GENERIC_PLAN, VERBOSE, FORMAT JSON) " + _numbered(store._CLAIM), prepare=False
+        ).fetchone()
+    assert custom is not None and generic is not None
+    plans = [summarize(row[0][0] if isinstance(row[0], list) else json.loads(row[0])[0]) for row in (custom, generic)]
+    return {
+        **plans[0],
+        "source": "pgdurable.runtime.store._CLAIM",
+        "scans": [f"{scan} (custom plan)" for scan in plans[0]["scans"]]
+        + [f"{scan} (generic plan)" for scan in plans[1]["scans"]],
+        "seq_scans_on_hot_tables": plans[0]["seq_scans_on_hot_tables"] + plans[1]["seq_scans_on_hot_tables"],
+        "index_scans_only": plans[0]["index_scans_only"] and plans[1]["index_scans_only"],
+        "generic_plan": plans[1]["plan"],
+    }
 
 
 def _start_cost(admin_dsn: str, step: str, count: int = 20) -> float:

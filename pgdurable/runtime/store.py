@@ -198,7 +198,8 @@ def unregister_worker(conn: Conn, *, worker_id: UUID) -> None:
 # A claim is not one of the commits the commit plan counts: it commits asynchronously (a lost claim only
 # delays the work item until its lease expires).
 # It looks at one due item more than it takes (locked only until the claim commits), to say whether more are
-# due: then the worker wakes another slot.
+# due: then the worker wakes another slot. The limits are literals, so that the prepared statement's generic
+# plan knows them too (with a parameter it may join the work items by a Seq Scan).
 _CLAIM: Final = """
 WITH async AS (SELECT pg_catalog.set_config('synchronous_commit', 'off', true)),
 due AS (
@@ -206,17 +207,17 @@ due AS (
      WHERE t.wake_at <= now() AND (t.lease_expires IS NULL OR t.lease_expires < now())
        AND (t.kind <> 'call' OR t.function = ANY(%(functions)s::text[]))
      ORDER BY t.kind = 'start', t.wake_at  -- running instances before new ones: in-flight work finishes first
-     LIMIT %(limit)s + 1
+     LIMIT 2
        FOR UPDATE SKIP LOCKED
 ), taken AS (
-    SELECT d.instance_id, d.frame FROM due d ORDER BY d.new, d.wake_at LIMIT %(limit)s
+    SELECT d.instance_id, d.frame FROM due d ORDER BY d.new, d.wake_at LIMIT 1
 )
 UPDATE df.tasks t
    SET lease_owner = %(worker)s, lease_expires = now() + %(lease)s * interval '1 second',
        lease_gen = t.lease_gen + 1, claims = t.claims + 1, backend_pid = pg_backend_pid()
   FROM taken, async
  WHERE t.instance_id = taken.instance_id AND t.frame = taken.frame
-RETURNING (SELECT count(*) FROM due) > %(limit)s, t.instance_id, t.frame, t.kind, t.lease_gen, t.claims, (
+RETURNING (SELECT count(*) FROM due) > 1, t.instance_id, t.frame, t.kind, t.lease_gen, t.claims, (
     SELECT CASE
                WHEN r.oid IS NULL THEN 'the submitting role no longer exists'
                WHEN NOT r.rolcanlogin THEN format('role "%%s" does not have LOGIN privilege any more', r.rolname)
@@ -245,14 +246,15 @@ UPDATE df.tasks SET lease_owner = NULL, lease_expires = NULL, wake_at = %(wake_a
 
 
 def claim(
-    conn: Conn, *, worker_id: UUID, limit: int, lease_seconds: float, functions: Sequence[str] = ()
-) -> tuple[list[Claim], bool]:
-    """Lease up to `limit` due work items (skipping those other workers hold, and calls of Python functions
-    this worker does not run); and whether more were due."""
-    params = {"worker": worker_id, "limit": limit, "lease": lease_seconds, "functions": list(functions)}
-    rows = conn.execute(_CLAIM, params).fetchall()
-    claims = [Claim(r[1], r[2], r[3], r[4], refusal=r[6], claims=r[5]) for r in rows]
-    return claims, any(r[0] for r in rows)
+    conn: Conn, *, worker_id: UUID, lease_seconds: float, functions: Sequence[str] = ()
+) -> tuple[Claim | None, bool]:
+    """Lease a due work item (skipping those other workers hold, and calls of Python functions this worker
+    does not run); and whether more are due."""
+    params = {"worker": worker_id, "lease": lease_seconds, "functions": list(functions)}
+    row = conn.execute(_CLAIM, params).fetchone()
+    if row is None:
+        return None, False
+    return Claim(row[1], row[2], row[3], row[4], refusal=row[6], claims=row[5]), bool(row[0])
 
 
 def extend_leases(conn: Conn, *, worker_id: UUID, tasks: Sequence[Claim], lease_seconds: float) -> None:

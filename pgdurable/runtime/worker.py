@@ -240,21 +240,16 @@ class Worker:
 
     def _work(self, conn: psycopg.Connection[Any]) -> None:
         while not self._stopping.is_set():
-            claims, more = store.claim(
-                conn,
-                worker_id=self.id,
-                limit=1,
-                lease_seconds=self.config.lease_seconds,
-                functions=self._functions.names,
+            task, more = store.claim(
+                conn, worker_id=self.id, lease_seconds=self.config.lease_seconds, functions=self._functions.names
             )
-            if not claims:
+            if task is None:
                 with self._wake:  # the listener wakes it; waking on its own too is for a listener that reconnects
                     self._wake.wait(self.config.poll_seconds * self.config.concurrency)
                 continue
             if more:  # a backlog spreads over the slots
                 with self._wake:
                     self._wake.notify()
-            task: store.Claim | None = claims[0]
             slot = threading.get_ident()
             try:
                 while task is not None and not self._stopping.is_set():
