@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -59,6 +60,7 @@ __all__ = ["Worker", "WorkerConfig"]
 log = logging.getLogger("pgdurable.worker")
 
 _SETTINGS: Final = "SELECT key, value FROM df.settings"
+_RECONNECT_MAX_WAIT: Final = 5.0  # seconds between attempts to reconnect, at most
 
 
 @frozen
@@ -72,6 +74,29 @@ class WorkerConfig:
     poison_claims: int = 5  # unless df.settings sets poison_claims: a step claimed more often fails
     prune_seconds: float = 60.0  # how often the worker deletes instances past their retention
     idle_in_transaction_timeout_ms: int = 60_000
+
+
+class _Reconnect:
+    """When a thread's connection is lost: waits that double from the poll interval up to a cap, with
+    jitter (so that a restarted server is not hit by every worker at once), and one log line when the
+    connection is lost and one when it is back."""
+
+    def __init__(self, who: str, first_wait: float) -> None:
+        self.who = who
+        self.first_wait = first_wait
+        self.attempts = 0
+
+    def lost(self, error: Exception) -> float:
+        """How long to wait before the next attempt."""
+        if self.attempts == 0:
+            log.warning("%s lost its connection (%s); reconnecting", self.who, error)
+        self.attempts += 1
+        return random.uniform(0.5, 1.0) * min(_RECONNECT_MAX_WAIT, self.first_wait * 2.0 ** (self.attempts - 1))
+
+    def connected(self) -> None:
+        if self.attempts:
+            log.warning("%s reconnected after %d attempts", self.who, self.attempts)
+        self.attempts = 0
 
 
 @frozen
@@ -201,9 +226,11 @@ class Worker:
     def _listen(self) -> None:
         """Wake a slot per NOTIFY, and one every quiet poll interval (due timers, lost notifications): idle
         slots do not poll on their own, which on a busy machine takes CPU from the slots that work."""
+        reconnect = _Reconnect("listener", self.config.poll_seconds)
         while not self._stopping.is_set():
             try:
                 with self._connect() as conn:
+                    reconnect.connected()
                     conn.execute(f"LISTEN {store.WORK_CHANNEL}")
                     renewed = pruned = time.monotonic()
                     while not self._stopping.is_set():
@@ -217,8 +244,7 @@ class Worker:
                             store.prune(conn)
                             pruned = time.monotonic()
             except psycopg.OperationalError as error:
-                log.warning("listener lost its connection (%s); reconnecting", error)
-                self._stopping.wait(self.config.poll_seconds)
+                self._stopping.wait(reconnect.lost(error))
 
     def _renew(self, conn: psycopg.Connection[Any]) -> None:
         """Heartbeat, refresh settings, and extend the leases of the steps in flight."""
@@ -230,13 +256,14 @@ class Worker:
             store.extend_leases(conn, worker_id=self.id, tasks=in_flight, lease_seconds=self.config.lease_seconds)
 
     def _slot(self) -> None:
+        reconnect = _Reconnect("slot", self.config.poll_seconds)
         while not self._stopping.is_set():
             try:
                 with self._connect() as conn:
+                    reconnect.connected()
                     self._work(conn)
             except psycopg.OperationalError as error:
-                log.warning("slot lost its connection (%s); reconnecting", error)
-                self._stopping.wait(self.config.poll_seconds)
+                self._stopping.wait(reconnect.lost(error))
 
     def _work(self, conn: psycopg.Connection[Any]) -> None:
         while not self._stopping.is_set():

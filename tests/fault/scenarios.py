@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -257,10 +258,13 @@ def pg_crash(trial: Trial, crashes: int = 2) -> None:
 
     wait_for(reconnected, timeout=60, what=f"all {expected} worker connections to come back", every=0.1)
     trial.tally.observed["worker connections restored"] += 1
-    # Each failed connection or attempt to reconnect logs one "...; reconnecting" line, then waits one poll
-    # interval (a constant 50 ms here, not a growing backoff).
+    # A thread logs "...; reconnecting" when it loses its connection, and "... reconnected after N attempts"
+    # when it is back (its waits double from the poll interval, 50 ms here, up to 5 s).
+    trial.tally.observed["connections lost, as logged by the workers"] += sum(
+        p.output().count("; reconnecting") for p in running
+    )
     trial.tally.observed["reconnect attempts logged by the workers"] += sum(
-        p.output().count("reconnecting") for p in running
+        int(n) for p in running for n in re.findall(r"reconnected after (\d+) attempts", p.output())
     )
     for process in running:
         trial.workers.stop(process)
